@@ -1,0 +1,21 @@
+"""The four op families behind the model, each with an eager reference (the spec) and faster backends.
+
+The model calls only these functions; backend choice lives in :mod:`sam3lt.ops._backend`.
+"""
+from ._backend import BACKENDS, BackendUnavailable, get_backend, register, select, set_backend, use_backend
+from .attention import apply_rope, rotate_pairwise, window_attention, window_attention_reference
+from .cross_attention import (box_bias_attention, box_bias_attention_reference, masked_attention,
+                              masked_attention_reference)
+from .repmixer import repmixer_dwconv, repmixer_dwconv_reference
+from .upsample import (mask_product, mask_product_reference, masks_to_binary, masks_to_binary_reference,
+                       upsample_nearest_add, upsample_nearest_add_reference)
+from . import _eager  # noqa: F401  (registers the eager backend)
+
+__all__ = [
+    "BACKENDS", "BackendUnavailable", "get_backend", "register", "select", "set_backend", "use_backend",
+    "apply_rope", "rotate_pairwise", "window_attention", "window_attention_reference",
+    "box_bias_attention", "box_bias_attention_reference", "masked_attention", "masked_attention_reference",
+    "repmixer_dwconv", "repmixer_dwconv_reference",
+    "mask_product", "mask_product_reference", "masks_to_binary", "masks_to_binary_reference",
+    "upsample_nearest_add", "upsample_nearest_add_reference",
+]

@@ -1,0 +1,114 @@
+"""Backend selection for ``sam3lt.ops``.
+
+Order for ``auto``: ``cuda`` (compiled ``sam3lt._C``) → ``triton`` → ``eager``. The choice comes from, in order of
+precedence: the ``backend=`` argument of an op call, the innermost :func:`use_backend` context, the last
+:func:`set_backend` call, the ``SAM3LT_BACKEND`` environment variable, and ``auto``.
+
+Each backend registers, per op, an implementation and a ``supports(*args) -> str | None`` check that returns
+``None`` when it can take the inputs, or a readable reason when it cannot. Under ``auto`` a backend that
+cannot take an input is skipped (one warning per op and reason) and the next one runs; a backend forced by
+name that cannot run raises :class:`BackendUnavailable` with its reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+BACKENDS = ("cuda", "triton", "eager")
+_CHOICES = ("auto",) + BACKENDS
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend forced by name cannot run the given inputs."""
+
+
+@dataclass
+class _Impl:
+    fn: Callable
+    supports: Callable[..., str | None]
+
+
+_REGISTRY: dict[str, dict[str, _Impl]] = {}
+_state = threading.local()
+_global_choice: str | None = None
+_warned: set[tuple[str, str, str]] = set()
+
+
+def _check_choice(name: str, where: str) -> str:
+    name = name.lower().strip()
+    if name not in _CHOICES:
+        raise ValueError(f"{where}: unknown backend {name!r}; expected one of {', '.join(_CHOICES)}")
+    return name
+
+
+def register(op: str, backend: str, fn: Callable, supports: Callable[..., str | None] | None = None) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op`` (``supports`` returns None or a reason)."""
+    _check_choice(backend, "register")
+    _REGISTRY.setdefault(op, {})[backend] = _Impl(fn, supports or (lambda *a, **k: None))
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide default backend: "auto", "cuda", "triton" or "eager"."""
+    global _global_choice
+    _global_choice = _check_choice(name, "set_backend")
+
+
+def get_backend() -> str:
+    """The backend choice in force for an op call without ``backend=``."""
+    stack = getattr(_state, "stack", None)
+    if stack:
+        return stack[-1]
+    if _global_choice is not None:
+        return _global_choice
+    return _check_choice(os.environ.get("SAM3LT_BACKEND", "auto"), "SAM3LT_BACKEND")
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Context manager: ops called inside use backend ``name`` (thread-local, nestable)."""
+    name = _check_choice(name, "use_backend")
+    stack = getattr(_state, "stack", None)
+    if stack is None:
+        stack = _state.stack = []
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def unavailable_reason(op: str, backend: str, *args) -> str | None:
+    """None if ``backend`` can run ``op`` on these inputs, else why not."""
+    impl = _REGISTRY.get(op, {}).get(backend)
+    if impl is None:
+        return f"the {backend} backend has no implementation of {op}"
+    return impl.supports(*args)
+
+
+def select(op: str, backend: str | None, *args) -> tuple[str, Callable]:
+    """The backend name and implementation that will run ``op`` on these inputs."""
+    choice = get_backend() if backend is None else _check_choice(backend, f"{op}(backend=...)")
+    if choice != "auto":
+        reason = unavailable_reason(op, choice, *args)
+        if reason is not None:
+            raise BackendUnavailable(f"{op}: backend {choice!r} cannot run these inputs: {reason}")
+        return choice, _REGISTRY[op][choice].fn
+    for name in BACKENDS:
+        reason = unavailable_reason(op, name, *args)
+        if reason is None:
+            return name, _REGISTRY[op][name].fn
+        if name != "eager" and op in _REGISTRY and name in _REGISTRY[op]:
+            key = (op, name, reason)
+            if key not in _warned:
+                _warned.add(key)
+                warnings.warn(f"sam3lt: {op}: {name} backend skipped ({reason}); falling back", stacklevel=3)
+    raise BackendUnavailable(f"{op}: no backend can run these inputs")
+
+
+def dispatch(op: str, backend: str | None, *args):
+    """Run ``op`` with the selected backend."""
+    return select(op, backend, *args)[1](*args)

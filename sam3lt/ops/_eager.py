@@ -1,0 +1,14 @@
+"""The eager backend: the references themselves. It takes every input."""
+from ._backend import register
+from .attention import window_attention_reference
+from .cross_attention import box_bias_attention_reference, masked_attention_reference
+from .repmixer import repmixer_dwconv_reference
+from .upsample import mask_product_reference, masks_to_binary_reference, upsample_nearest_add_reference
+
+register("repmixer_dwconv", "eager", repmixer_dwconv_reference)
+register("window_attention", "eager", window_attention_reference)
+register("box_bias_attention", "eager", box_bias_attention_reference)
+register("masked_attention", "eager", masked_attention_reference)
+register("upsample_nearest_add", "eager", upsample_nearest_add_reference)
+register("mask_product", "eager", mask_product_reference)
+register("masks_to_binary", "eager", masks_to_binary_reference)

@@ -1,0 +1,73 @@
+"""ViT self-attention: windowed (with padding) or global, with 2-D axial RoPE, from a fused QKV tensor."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._backend import dispatch
+
+
+def rotate_pairwise(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): the pairwise rotation of HF's Sam3 RoPE."""
+    x = x.unflatten(-1, (-1, 2))
+    x1, x2 = x.unbind(dim=-1)
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE in fp32, result cast back to ``x.dtype`` (as HF's ``apply_rotary_pos_emb_2d``)."""
+    xf = x.float()
+    return (xf * cos + rotate_pairwise(xf) * sin).to(x.dtype)
+
+
+def window_attention_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int,
+                               window_size: int, pad_value: torch.Tensor | None) -> torch.Tensor:
+    """Eager reference (the spec). See :func:`window_attention`."""
+    batch, height, width, three_c = qkv.shape
+    channels = three_c // 3
+    head_dim = channels // num_heads
+    if window_size > 0:
+        pad_h = (window_size - height % window_size) % window_size
+        pad_w = (window_size - width % window_size) % window_size
+        if pad_h or pad_w:
+            padded = qkv.new_empty(batch, height + pad_h, width + pad_w, three_c)
+            padded[:] = 0 if pad_value is None else pad_value.to(qkv.dtype)
+            padded[:, :height, :width] = qkv
+            qkv = padded
+        hp, wp = height + pad_h, width + pad_w
+        qkv = qkv.view(batch, hp // window_size, window_size, wp // window_size, window_size, three_c)
+        qkv = qkv.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size * window_size, three_c)
+    else:
+        hp, wp = height, width
+        qkv = qkv.reshape(batch, height * width, three_c)
+    tokens = qkv.shape[1]
+    q, k, v = qkv.view(qkv.shape[0], tokens, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, T, D), scale D**-0.5
+    out = out.transpose(1, 2).reshape(-1, tokens, channels)
+    if window_size > 0:
+        out = out.view(batch, hp // window_size, wp // window_size, window_size, window_size, channels)
+        out = out.permute(0, 1, 3, 2, 4, 5).reshape(batch, hp, wp, channels)
+        out = out[:, :height, :width]
+    return out.reshape(batch, height, width, channels).contiguous()
+
+
+def window_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int, window_size: int,
+                     pad_value: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
+    """Windowed (``window_size > 0``) or global (``window_size == 0``) multi-head self-attention with RoPE.
+
+    Args:
+        qkv: (B, H, W, 3·C) output of the fused QKV projection in token-grid layout; channels are
+            [q | k | v], each C = num_heads·D with head-major channels. fp32/fp16/bf16.
+        cos, sin: (T, D) fp32 RoPE tables for the tokens of one window in row-major order
+            (T = window_size², or T = H·W for global attention).
+        num_heads: number of heads.
+        window_size: side of the square windows, 0 for global attention. A grid that is not a multiple of
+            the window is padded at the bottom/right; padded tokens take ``pad_value`` (HF pads the
+            *input* of the projection with zeros, so a padded token's q/k/v equal the projection bias) and
+            are attended to like real tokens, exactly as in HF; their outputs are dropped.
+        pad_value: (3·C,) value of padded tokens (the QKV bias), or None for zeros.
+    Returns:
+        (B, H, W, C) attention output (before the output projection), contiguous, dtype of ``qkv``.
+    """
+    return dispatch("window_attention", backend, qkv, cos, sin, num_heads, window_size, pad_value)
