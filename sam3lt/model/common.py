@@ -1,0 +1,138 @@
+"""Pieces shared by the components: attention with separate projections, MLPs, sine position encodings,
+box helpers. Numerics follow HF ``modeling_sam3_lite_text`` line for line where it matters."""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+               "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"hidden_act: unsupported activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, L, H·D) -> (B, H, L, D) view (no copy)."""
+    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v/o projections (HF ``Sam3LiteTextAttention`` keys).
+
+    Used by the DETR encoder/decoder, geometry encoder and mask decoder, where query, key and value inputs
+    differ (position encodings are added to some of them), so the projections cannot share one GEMM.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.o_proj = nn.Linear(hidden_size, hidden_size)
+
+    def project(self, query, key, value):
+        heads = self.num_heads
+        return (split_heads(self.q_proj(query), heads), split_heads(self.k_proj(key), heads),
+                split_heads(self.v_proj(value), heads))
+
+    def forward(self, query, key, value, key_padding_mask=None):
+        q, k, v = self.project(query, key, value)
+        return self.o_proj(ops.masked_attention(q, k, v, key_padding_mask))
+
+
+class MLP(nn.Module):
+    """fc1 → act → fc2 (HF ``Sam3LiteTextMLP`` / ``Sam3MLP``; dropout is identity at inference)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.act = activation(act)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DecoderMLP(nn.Module):
+    """2- or 3-layer ReLU MLP (HF ``Sam3LiteTextDecoderMLP``: keys layer1/layer2/layer3)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int = 2):
+        super().__init__()
+        if num_layers not in (2, 3):
+            raise ValueError(f"num_layers: only 2 or 3 supported, got {num_layers}")
+        self.layer1 = nn.Linear(input_dim, hidden_dim)
+        self.layer2 = nn.Linear(hidden_dim, hidden_dim if num_layers == 3 else output_dim)
+        self.layer3 = nn.Linear(hidden_dim, output_dim) if num_layers == 3 else None
+
+    def forward(self, x):
+        x = F.relu(self.layer1(x))
+        if self.layer3 is None:
+            return self.layer2(x)
+        return self.layer3(F.relu(self.layer2(x)))
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def box_cxcywh_to_xyxy(x: torch.Tensor) -> torch.Tensor:
+    cx, cy, w, h = x.unbind(-1)
+    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+
+
+def _dim_t(num_feats: int, temperature: float, dtype, device) -> torch.Tensor:
+    dim_t = torch.arange(num_feats, dtype=torch.int64, device=device).to(dtype)
+    return temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+
+
+def _interleave_sin_cos(pos: torch.Tensor) -> torch.Tensor:
+    return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+@functools.lru_cache(maxsize=16)
+def _sine_grid_cached(height: int, width: int, num_feats: int, normalize: bool, dtype, device) -> torch.Tensor:
+    # Computed once per (grid, dtype, device): the encoding depends only on the grid shape.
+    with torch.inference_mode(False), torch.no_grad():
+        y = torch.arange(1, height + 1, dtype=dtype, device=device)[:, None].expand(height, width)
+        x = torch.arange(1, width + 1, dtype=dtype, device=device)[None, :].expand(height, width)
+        if normalize:
+            eps, scale = 1e-6, 2 * math.pi
+            y = y / (y[-1:, :] + eps) * scale
+            x = x / (x[:, -1:] + eps) * scale
+        dim_t = _dim_t(num_feats, 10000, dtype, device)
+        pos_x = _interleave_sin_cos(x[..., None] / dim_t)
+        pos_y = _interleave_sin_cos(y[..., None] / dim_t)
+        return torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1).contiguous()  # (2·num_feats, H, W)
+
+
+def sine_position_grid(height: int, width: int, num_feats: int, normalize: bool, dtype, device) -> torch.Tensor:
+    """HF ``build_sine_position_embedding`` without a mask: (2·num_feats, H, W), cached per shape.
+    Computed in ``dtype`` as HF does (HF builds it in the feature dtype)."""
+    return _sine_grid_cached(int(height), int(width), int(num_feats), bool(normalize), dtype, torch.device(device))
+
+
+def encode_boxes_sine(boxes: torch.Tensor, num_feats: int) -> torch.Tensor:
+    """HF ``encode_boxes``: (B, Q, 4) cxcywh -> (B, Q, 4·num_feats) ordered (y, x, w, h)."""
+    dim_t = _dim_t(num_feats, 10000, boxes.dtype, boxes.device)
+    scaled = boxes * (2 * math.pi)
+    pos = _interleave_sin_cos(scaled[..., :, None] / dim_t)  # (B, Q, 4, num_feats)
+    return torch.cat((pos[..., 1, :], pos[..., 0, :], pos[..., 2, :], pos[..., 3, :]), dim=-1)
+
+
+def encode_points_sine(x: torch.Tensor, y: torch.Tensor, num_feats: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """HF ``encode_1d_positions`` (scale 2π, no normalisation)."""
+    dim_t = _dim_t(num_feats, 10000, x.dtype, x.device)
+    return (_interleave_sin_cos((x * 2 * math.pi)[:, None] / dim_t),
+            _interleave_sin_cos((y * 2 * math.pi)[:, None] / dim_t))

@@ -1,0 +1,101 @@
+"""DETR decoder (HF ``Sam3LiteTextDetrDecoder``): 200 queries + a presence token; self-attention, text
+cross-attention, image cross-attention with the log-scale box relative-position bias, MLP; post-norm; box
+refinement after every layer. The box bias is passed to :func:`sam3lt.ops.box_bias_attention` in its
+separable form (per-row and per-column terms), never as the (B, heads, Q, H·W) matrix."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+from ..config import Sam3LiteTextDETRDecoderConfig
+from .common import MLP, Attention, DecoderMLP, box_cxcywh_to_xyxy, encode_boxes_sine, inverse_sigmoid
+
+
+class DetrDecoderLayer(nn.Module):
+    def __init__(self, config: Sam3LiteTextDETRDecoderConfig):
+        super().__init__()
+        d, h = config.hidden_size, config.num_attention_heads
+        self.self_attn = Attention(d, h)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.text_cross_attn = Attention(d, h)
+        self.text_cross_attn_layer_norm = nn.LayerNorm(d)
+        self.vision_cross_attn = Attention(d, h)
+        self.vision_cross_attn_layer_norm = nn.LayerNorm(d)
+        self.mlp = MLP(d, config.intermediate_size, config.hidden_act)
+        self.mlp_layer_norm = nn.LayerNorm(d)
+
+    def forward(self, x, query_pos, text, text_mask, vision, vision_key, bias_y, bias_x):
+        q = x + query_pos
+        x = self.self_attn_layer_norm(x + self.self_attn(q, q, x))
+        x = self.text_cross_attn_layer_norm(x + self.text_cross_attn(x + query_pos, text, text, text_mask))
+        attn = self.vision_cross_attn
+        q, k, v = attn.project(x + query_pos, vision_key, vision)
+        x = self.vision_cross_attn_layer_norm(x + attn.o_proj(ops.box_bias_attention(q, k, v, bias_y, bias_x)))
+        return self.mlp_layer_norm(x + self.mlp(x))
+
+
+def _log_deltas(coords: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """(B, Q) box edges, (G,) grid coordinates -> (B, Q, G, 2) sign·log2(8|Δ| + 1)/3."""
+    deltas = coords.view(1, 1, -1, 1) - torch.stack([lo, hi], dim=-1).unsqueeze(2)
+    deltas = deltas * 8
+    return torch.sign(deltas) * torch.log2(torch.abs(deltas) + 1.0) / math.log2(8)
+
+
+class DetrDecoder(nn.Module):
+    def __init__(self, config: Sam3LiteTextDETRDecoderConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.layers = nn.ModuleList([DetrDecoderLayer(config) for _ in range(config.num_layers)])
+        self.output_layer_norm = nn.LayerNorm(d)
+        self.box_head = DecoderMLP(d, d, 4, 3)
+        self.query_embed = nn.Embedding(config.num_queries, d)
+        self.reference_points = nn.Embedding(config.num_queries, 4)
+        self.presence_token = nn.Embedding(1, d)
+        self.presence_head = DecoderMLP(d, d, 1, 3)
+        self.presence_layer_norm = nn.LayerNorm(d)
+        self.clamp_presence_logit_max_val = 10.0
+        self.ref_point_head = DecoderMLP(2 * d, d, d, 2)
+        self.box_rpb_embed_x = DecoderMLP(2, d, self.num_heads, 2)
+        self.box_rpb_embed_y = DecoderMLP(2, d, self.num_heads, 2)
+
+    def box_bias(self, boxes: torch.Tensor, height: int, width: int):
+        """Separable box bias for the queries plus a zero row for the presence token:
+        bias_y (B, heads, 1+Q, H) and bias_x (B, heads, 1+Q, W)."""
+        x0, y0, x1, y1 = box_cxcywh_to_xyxy(boxes).unbind(-1)
+        coords_h = torch.arange(0, height, device=boxes.device, dtype=boxes.dtype) / height
+        coords_w = torch.arange(0, width, device=boxes.device, dtype=boxes.dtype) / width
+        by = self.box_rpb_embed_y(_log_deltas(coords_h, y0, y1))  # (B, Q, H, heads)
+        bx = self.box_rpb_embed_x(_log_deltas(coords_w, x0, x1))  # (B, Q, W, heads)
+        pad = (0, 0, 0, 0, 1, 0)  # prepend the presence token's zero row along Q
+        return F.pad(by, pad).permute(0, 3, 1, 2), F.pad(bx, pad).permute(0, 3, 1, 2)
+
+    def forward(self, vision, vision_pos, spatial_shape, text, text_mask, output_hidden_states: bool = False):
+        """vision, vision_pos (B, H·W, D); text (B, Lp, D); text_mask (B, Lp) True = valid or None.
+        Returns per-layer normalised query states (L, B, Q, D), the reference boxes each layer started from
+        (L, B, Q, 4), presence logits (L, B, 1) and optionally the raw per-layer states."""
+        batch = vision.shape[0]
+        height, width = spatial_shape
+        boxes = self.reference_points.weight.unsqueeze(0).expand(batch, -1, -1).sigmoid()
+        x = torch.cat([self.presence_token.weight, self.query_embed.weight]).unsqueeze(0).expand(batch, -1, -1)
+        vision_key = vision + vision_pos
+        outputs, ref_boxes, presence, hidden = [], [boxes], [], []
+        for layer in self.layers:
+            query_pos = self.ref_point_head(encode_boxes_sine(boxes, x.shape[-1] // 2))
+            query_pos = F.pad(query_pos, (0, 0, 1, 0))  # presence token has no position
+            bias_y, bias_x = self.box_bias(boxes, height, width)
+            x = layer(x, query_pos, text, text_mask, vision, vision_key, bias_y, bias_x)
+            if output_hidden_states:
+                hidden.append(x)
+            queries = self.output_layer_norm(x[:, 1:])
+            boxes = (self.box_head(queries) + inverse_sigmoid(boxes)).sigmoid()
+            outputs.append(queries)
+            ref_boxes.append(boxes)
+            logit = self.presence_head(self.presence_layer_norm(x[:, :1])).squeeze(-1)
+            presence.append(logit.clamp(-self.clamp_presence_logit_max_val, self.clamp_presence_logit_max_val))
+        return (torch.stack(outputs), torch.stack(ref_boxes[:-1]), torch.stack(presence),
+                tuple(hidden) if output_hidden_states else None)

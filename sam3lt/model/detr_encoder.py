@@ -1,0 +1,45 @@
+"""DETR encoder (HF ``Sam3LiteTextDetrEncoder``): image self-attention with position encoding, cross-attention
+to the prompt tokens, MLP; pre-norm."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from ..config import Sam3LiteTextDETREncoderConfig
+from .common import MLP, Attention
+
+
+class DetrEncoderLayer(nn.Module):
+    def __init__(self, config: Sam3LiteTextDETREncoderConfig):
+        super().__init__()
+        d, h = config.hidden_size, config.num_attention_heads
+        self.layer_norm1 = nn.LayerNorm(d)
+        self.self_attn = Attention(d, h)
+        self.cross_attn = Attention(d, h)
+        self.layer_norm2 = nn.LayerNorm(d)
+        self.mlp = MLP(d, config.intermediate_size, config.hidden_act)
+        self.layer_norm3 = nn.LayerNorm(d)
+
+    def forward(self, x, pos, prompt, prompt_mask):
+        h = self.layer_norm1(x)
+        hp = h + pos
+        x = x + self.self_attn(hp, hp, h)
+        x = x + self.cross_attn(self.layer_norm2(x), prompt, prompt, prompt_mask)
+        return x + self.mlp(self.layer_norm3(x))
+
+
+class DetrEncoder(nn.Module):
+    def __init__(self, config: Sam3LiteTextDETREncoderConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([DetrEncoderLayer(config) for _ in range(config.num_layers)])
+
+    def forward(self, feats, pos, prompt, prompt_mask, output_hidden_states: bool = False):
+        """feats, pos: (B, D, H, W) one level; prompt (B, Lp, D); prompt_mask (B, Lp) True = valid or None.
+        Returns (B, H·W, D), the flattened position encoding (B, H·W, D) and the per-layer states."""
+        x = feats.flatten(2).transpose(1, 2)
+        pos = pos.flatten(2).transpose(1, 2)
+        hidden = []
+        for layer in self.layers:
+            x = layer(x, pos, prompt, prompt_mask)
+            if output_hidden_states:
+                hidden.append(x)
+        return x, pos, tuple(hidden) if output_hidden_states else None

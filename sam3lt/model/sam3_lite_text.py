@@ -1,0 +1,261 @@
+"""The whole SAM3-LiteText image model: same forward signature and output names as HF ``Sam3LiteTextModel``.
+
+One image with N prompts (``pixel_values``/``vision_embeds`` of batch 1, ``input_ids`` of batch N) runs
+the vision encoder once and broadcasts its features to the N prompts.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+
+from ..config import Sam3LiteTextConfig
+from .common import box_cxcywh_to_xyxy, inverse_sigmoid
+from .detr_decoder import DetrDecoder
+from .detr_encoder import DetrEncoder
+from .geometry import GeometryEncoder
+from .mask_decoder import DotProductScoring, MaskDecoder
+from .text import TextEncoder
+from .vision import VisionEncoder, VisionOutput
+
+BOX_PADDING_LABEL = -10  # HF: boxes labelled -10 are padding
+
+
+@dataclass
+class TextOutput:
+    """Prompt features reusable across images (``text_embeds``); names as HF's ``get_text_features``."""
+
+    last_hidden_state: torch.Tensor  # (B, L, text width), after the final LayerNorm
+    pooler_output: torch.Tensor  # (B, L, DETR width): the per-token projection the heads consume
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: None = None
+
+
+@dataclass
+class Sam3LiteTextOutput:
+    """Model outputs (HF ``Sam3LiteTextImageSegmentationOutput`` field names)."""
+
+    pred_masks: torch.Tensor = None  # (B, Q, H0, W0) mask logits at 4× the ViT grid
+    pred_boxes: torch.Tensor = None  # (B, Q, 4) xyxy in [0, 1]
+    pred_logits: torch.Tensor = None  # (B, Q)
+    presence_logits: torch.Tensor = None  # (B, 1)
+    semantic_seg: torch.Tensor = None  # (B, 1, H0, W0)
+    decoder_hidden_states: tuple | None = None
+    decoder_reference_boxes: torch.Tensor | None = None
+    encoder_hidden_states: tuple | None = None
+    vision_hidden_states: tuple | None = None
+    vision_attentions: None = None
+    detr_encoder_attentions: None = None
+    detr_decoder_attentions: None = None
+    mask_decoder_attentions: None = None
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+    def keys(self):
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+
+def _check_float_tensor(name: str, x, ndim: int | None = None):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor (normalised pixels), got dtype {x.dtype}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(x.shape)}")
+
+
+class Sam3LiteTextModel(nn.Module):
+    """SAM3-LiteText: image + text (and optional boxes) → instance masks, boxes, scores.
+
+    Submodule and parameter names are HF's (``vision_encoder``, ``text_encoder``, ``text_projection``,
+    ``geometry_encoder``, ``detr_encoder``, ``detr_decoder``, ``mask_decoder``, ``dot_product_scoring``), except
+    the fused ``qkv`` projections and, once folded, the RepMixer convolutions; :mod:`sam3lt.loading` converts.
+    """
+
+    def __init__(self, config: Sam3LiteTextConfig | None = None):
+        super().__init__()
+        self.config = config = config or Sam3LiteTextConfig()
+        self.vision_encoder = VisionEncoder(config.vision_config)
+        self.text_encoder = TextEncoder(config.text_config)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.detr_encoder_config.hidden_size)
+        self.geometry_encoder = GeometryEncoder(config.geometry_encoder_config)
+        self.detr_encoder = DetrEncoder(config.detr_encoder_config)
+        self.detr_decoder = DetrDecoder(config.detr_decoder_config)
+        self.mask_decoder = MaskDecoder(config.mask_decoder_config)
+        self.dot_product_scoring = DotProductScoring(config)
+        self.validate_inputs = True  # value checks that read tensors (NaN pixels, box range) sync the device
+        self.eval()
+
+    # ---- construction helpers -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike = "yonigozlan/sam3-litetext-s0", *,
+                        dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                        fold_batchnorm: bool = True, revision: str | None = None) -> "Sam3LiteTextModel":
+        """Load an HF ``Sam3LiteTextModel`` checkpoint (``config.json`` + safetensors, sharded or not) from a
+        folder or the hub. See :func:`sam3lt.loading.from_pretrained`."""
+        from ..loading import from_pretrained
+        return from_pretrained(path_or_hub_id, dtype=dtype, device=device, fold_batchnorm=fold_batchnorm,
+                               revision=revision)
+
+    def fold_batchnorm(self) -> "Sam3LiteTextModel":
+        """Fold the RepMixer BatchNorms and layer scales into the depthwise convolutions (inference)."""
+        self.text_encoder.fold()
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text_projection.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_projection.weight.device
+
+    # ---- encoders -------------------------------------------------------------------------------------
+    def _check_pixels(self, pixel_values):
+        _check_float_tensor("pixel_values", pixel_values, 4)
+        vit = self.config.vision_config.backbone_config
+        if pixel_values.shape[1] != vit.num_channels:
+            raise ValueError(f"pixel_values: expected {vit.num_channels} channels (B, {vit.num_channels}, H, W), "
+                             f"got shape {tuple(pixel_values.shape)}")
+        if tuple(pixel_values.shape[-2:]) != (vit.image_size, vit.image_size):
+            raise ValueError(f"pixel_values: expected spatial size {vit.image_size}x{vit.image_size} "
+                             f"(config.image_size; the processor resizes to it), got "
+                             f"{pixel_values.shape[-2]}x{pixel_values.shape[-1]}")
+        if pixel_values.shape[0] == 0:
+            raise ValueError("pixel_values: the batch is empty")
+        if self.validate_inputs and not torch.isfinite(pixel_values).all():
+            raise ValueError("pixel_values: contains NaN or infinite values")
+
+    def get_vision_features(self, pixel_values: torch.Tensor, output_hidden_states: bool = False,
+                            **_) -> VisionOutput:
+        """ViT + neck: all FPN levels (finest first) and their position encodings."""
+        self._check_pixels(pixel_values)
+        return self.vision_encoder(pixel_values, output_hidden_states)
+
+    def _check_ids(self, input_ids, attention_mask):
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError(f"input_ids: expected a (num_prompts, seq_len) tensor, got "
+                             f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
+        if input_ids.is_floating_point():
+            raise TypeError(f"input_ids: expected integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids: the prompt list is empty (shape {tuple(input_ids.shape)})")
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)} (as input_ids), got "
+                             f"{tuple(attention_mask.shape)}")
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          output_hidden_states: bool = False, **_) -> TextOutput:
+        """Text encoder + projection to the DETR width (``pooler_output``, per token, as HF)."""
+        self._check_ids(input_ids, attention_mask)
+        last, hidden = self.text_encoder(input_ids, attention_mask, output_hidden_states)
+        return TextOutput(last, self.text_projection(last), hidden)
+
+    # ---- forward --------------------------------------------------------------------------------------
+    def _check_boxes(self, input_boxes, input_boxes_labels, batch):
+        _check_float_tensor("input_boxes", input_boxes, 3)
+        if input_boxes.shape[-1] != 4:
+            raise ValueError(f"input_boxes: expected (batch, num_boxes, 4) boxes in (cx, cy, w, h), got shape "
+                             f"{tuple(input_boxes.shape)}")
+        if input_boxes.shape[0] not in (1, batch):
+            raise ValueError(f"input_boxes: batch size {input_boxes.shape[0]} does not match the {batch} prompts")
+        if input_boxes_labels is not None and tuple(input_boxes_labels.shape) != tuple(input_boxes.shape[:2]):
+            raise ValueError(f"input_boxes_labels: expected shape {tuple(input_boxes.shape[:2])} (batch, num_boxes)"
+                             f" to match input_boxes, got {tuple(input_boxes_labels.shape)}")
+        if self.validate_inputs:
+            valid = torch.ones_like(input_boxes[..., 0], dtype=torch.bool) if input_boxes_labels is None else \
+                input_boxes_labels != BOX_PADDING_LABEL
+            inside = ((input_boxes >= 0) & (input_boxes <= 1)).all(-1) | ~valid
+            if not bool(inside.all()):
+                raise ValueError("input_boxes: coordinates must be normalised (cx, cy, w, h) in [0, 1]")
+
+    def forward(self, pixel_values: torch.Tensor | None = None, vision_embeds: VisionOutput | None = None,
+                input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                text_embeds=None, input_boxes: torch.Tensor | None = None,
+                input_boxes_labels: torch.Tensor | None = None, output_hidden_states: bool = False,
+                **kwargs) -> Sam3LiteTextOutput:
+        """Same arguments and outputs as HF ``Sam3LiteTextModel.forward``.
+
+        ``text_embeds`` is the output of :meth:`get_text_features` (or HF's), or its ``pooler_output`` tensor.
+        """
+        if kwargs:
+            raise TypeError(f"forward: unexpected argument(s) {sorted(kwargs)}")
+        if (pixel_values is None) == (vision_embeds is None):
+            raise ValueError("pixel_values / vision_embeds: pass exactly one of them")
+        if (input_ids is None) == (text_embeds is None):
+            raise ValueError("input_ids / text_embeds: pass exactly one of them")
+        levels = len(self.config.vision_config.scale_factors) - 1  # the coarsest level is unused
+        if vision_embeds is None:
+            self._check_pixels(pixel_values)
+            vision = self.vision_encoder(pixel_values, output_hidden_states, num_levels=levels)
+        else:
+            vision = vision_embeds
+            if not hasattr(vision, "fpn_hidden_states"):
+                raise TypeError("vision_embeds: expected the output of get_vision_features")
+        image_batch = vision.fpn_hidden_states[0].shape[0]
+        feats = list(vision.fpn_hidden_states[:levels])
+        pos = list(vision.fpn_position_encoding[:levels])
+
+        if text_embeds is None:
+            self._check_ids(input_ids, attention_mask)
+            text = self.get_text_features(input_ids, attention_mask).pooler_output
+        else:
+            text = text_embeds if isinstance(text_embeds, torch.Tensor) else text_embeds.pooler_output
+            if text.dim() != 3:
+                raise ValueError(f"text_embeds: expected (num_prompts, seq_len, hidden) features, got shape "
+                                 f"{tuple(text.shape)}")
+            if attention_mask is not None and tuple(attention_mask.shape) != tuple(text.shape[:2]):
+                raise ValueError(f"attention_mask: expected shape {tuple(text.shape[:2])}, got "
+                                 f"{tuple(attention_mask.shape)}")
+        prompt_batch = text.shape[0]
+        if image_batch != prompt_batch:
+            if image_batch != 1:
+                raise ValueError(f"pixel_values / input_ids: {image_batch} images and {prompt_batch} prompts; "
+                                 f"pass one image with any number of prompts, or equal batch sizes")
+            feats = [f.expand(prompt_batch, -1, -1, -1) for f in feats]  # one image, many prompts
+            pos = [p.expand(prompt_batch, -1, -1, -1) for p in pos]
+        batch = prompt_batch
+        text_mask = attention_mask.bool() if attention_mask is not None else None
+
+        prompt, prompt_mask = text, text_mask
+        if input_boxes is not None and input_boxes.numel() > 0:
+            self._check_boxes(input_boxes, input_boxes_labels, batch)
+            prompt, prompt_mask = self._add_box_prompts(text, text_mask, input_boxes, input_boxes_labels,
+                                                        feats[-1], pos[-1])
+            batch = prompt.shape[0]
+            if feats[-1].shape[0] != batch:
+                feats = [f.expand(batch, -1, -1, -1) for f in feats]
+                pos = [p.expand(batch, -1, -1, -1) for p in pos]
+
+        enc, enc_pos, enc_hidden = self.detr_encoder(feats[-1], pos[-1], prompt, prompt_mask, output_hidden_states)
+        spatial = tuple(feats[-1].shape[-2:])
+        queries, ref_boxes, presence, dec_hidden = self.detr_decoder(enc, enc_pos, spatial, prompt, prompt_mask,
+                                                                     output_hidden_states)
+        last = queries[-1]
+        boxes = (inverse_sigmoid(ref_boxes[-1]) + self.detr_decoder.box_head(last)).sigmoid()
+        logits = self.dot_product_scoring(last, prompt, prompt_mask)
+        masks, semantic = self.mask_decoder(last, feats, enc, prompt, prompt_mask)
+        return Sam3LiteTextOutput(
+            pred_masks=masks, pred_boxes=box_cxcywh_to_xyxy(boxes), pred_logits=logits,
+            presence_logits=presence[-1], semantic_seg=semantic, decoder_hidden_states=dec_hidden,
+            decoder_reference_boxes=ref_boxes, encoder_hidden_states=enc_hidden,
+            vision_hidden_states=getattr(vision, "hidden_states", None))
+
+    def _add_box_prompts(self, text, text_mask, boxes, labels, image, image_pos):
+        batch = boxes.shape[0]
+        if labels is None:
+            labels = torch.ones(boxes.shape[:2], dtype=torch.long, device=boxes.device)
+        box_mask = labels != BOX_PADDING_LABEL
+        labels = torch.where(labels == BOX_PADDING_LABEL, 0, labels)
+        if image.shape[0] != batch:
+            image, image_pos = image.expand(batch, -1, -1, -1), image_pos.expand(batch, -1, -1, -1)
+        geo, geo_mask = self.geometry_encoder(boxes.to(image.dtype), box_mask, labels, image, image_pos)
+        if text.shape[0] == 1 and batch > 1:
+            text = text.expand(batch, -1, -1)
+            text_mask = None if text_mask is None else text_mask.expand(batch, -1)
+        if text_mask is None:
+            text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+        return torch.cat([text, geo], dim=1), torch.cat([text_mask, geo_mask], dim=1)
