@@ -83,7 +83,7 @@ class DetrDecoder(nn.Module):
         boxes = self.reference_points.weight.unsqueeze(0).expand(batch, -1, -1).sigmoid()
         x = torch.cat([self.presence_token.weight, self.query_embed.weight]).unsqueeze(0).expand(batch, -1, -1)
         vision_key = vision + vision_pos
-        outputs, ref_boxes, presence, hidden = [], [boxes], [], []
+        outputs, ref_boxes, presence, hidden = [], [boxes], [], [x]  # hidden: input, then each layer
         for layer in self.layers:
             query_pos = self.ref_point_head(encode_boxes_sine(boxes, x.shape[-1] // 2))
             query_pos = F.pad(query_pos, (0, 0, 1, 0))  # presence token has no position

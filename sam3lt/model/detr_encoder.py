@@ -37,7 +37,7 @@ class DetrEncoder(nn.Module):
         Returns (B, H·W, D), the flattened position encoding (B, H·W, D) and the per-layer states."""
         x = feats.flatten(2).transpose(1, 2)
         pos = pos.flatten(2).transpose(1, 2)
-        hidden = []
+        hidden = [x]  # as HF: the input first, then every layer's output
         for layer in self.layers:
             x = layer(x, pos, prompt, prompt_mask)
             if output_hidden_states:

@@ -193,7 +193,7 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids, attention_mask=None, output_hidden_states: bool = False):
         x = self.embeddings(input_ids)
         key_padding_mask = None if attention_mask is None else attention_mask.bool()
-        hidden = []
+        hidden = [x]  # as HF: the embeddings first, then every layer's output
         for layer in self.layers:
             x = layer(x, key_padding_mask)
             if output_hidden_states:

@@ -117,7 +117,7 @@ class ViTModel(nn.Module):
 
     def forward(self, pixel_values, output_hidden_states: bool = False):
         x = self.layer_norm(self.embeddings(pixel_values))  # (B, H, W, C)
-        hidden_states = []
+        hidden_states = [x]  # as HF: the layers' input first, then every layer's output
         for layer in self.layers:
             if layer.window_size > 0:
                 x = layer(x, self.rope_window_cos, self.rope_window_sin)
