@@ -21,14 +21,17 @@ HF's processor for ``sam3_lite_text`` is ``Sam3Processor`` = ``Sam3ImageProcesso
 Where this module deliberately differs from HF (each a case where HF raises, silently does something odd, or
 costs more):
 
-* one prompt (a string or a 1-list) with N images is repeated to N rows (HF returns 1 row of ``input_ids``);
+* one prompt (a string or a 1-list) with N images or N rows of boxes is repeated to N rows (HF returns 1 row
+  of ``input_ids``); N prompts need 1 or N images (HF does not check);
 * a batch mixing prompts longer than 32 tokens is padded to its longest prompt (HF raises);
 * a single 2-D (H, W) array is accepted as a grayscale image (HF raises);
 * a box with other than 4 coordinates raises (HF pads it with -10 silently); box and label rows must have the same
   lengths row by row (HF compares only the largest row);
 * with one image and N rows of boxes, every row is normalised by that image's size (HF normalises only row 0);
 * in instance post-processing, an image with no kept instance gets masks of shape ``(0, H, W)`` at the target
-  size (HF leaves ``(0, h, w)`` at the model's mask size); masks are bool, not long.
+  size (HF leaves ``(0, h, w)`` at the model's mask size); masks are bool, not long;
+* ``target_sizes`` may be a (B, 2) tensor for masks too, and boxes may be arrays / tensors next to a list of
+  prompts (HF raises in both cases).
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 from torchvision.transforms.v2 import functional as tvF
@@ -556,10 +559,16 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Decode an image file to a (3, H, W) uint8 RGB tensor, EXIF orientation applied (as HF does for paths)."""
-    from torchvision.io import ImageReadMode, decode_image
-
-    return decode_image(str(path), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    """Decode an image file to a (3, H, W) uint8 RGB tensor, EXIF orientation applied, with torchvision's
+    decoder as HF does for paths (when torchcodec is absent); with PIL if this torchvision has no decoder."""
+    try:
+        from torchvision.io import ImageReadMode, decode_image
+    except ImportError:  # torchvision has deprecated its decoders (0.29) and may drop them
+        with Image.open(path) as image:
+            return _to_chw(ImageOps.exif_transpose(image), do_convert_rgb=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_image(str(path), mode=ImageReadMode.RGB, apply_exif_orientation=True)
 
 
 def _to_chw(image, do_convert_rgb: bool) -> torch.Tensor:

@@ -1,0 +1,122 @@
+"""The ``sam3lt`` command line: offline dry run (bundled image, tiny random-weight model), explicit images and
+prompts, an HF-saved checkpoint folder, help and errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam3lt.cli import main
+from sam3lt.processor import SAMPLE_IMAGE
+
+
+def _read_results(out_dir):
+    results = json.loads((out_dir / "results.json").read_text())
+    for key in ("text", "checkpoint", "random_weights", "device", "dtype", "threshold", "mask_threshold",
+                "image_size", "images"):
+        assert key in results, key
+    return results
+
+
+def _check_image_entry(out_dir, entry):
+    """Masks are 0/255 PNGs at the image size, one per instance; the overlay has a title bar above the image."""
+    height, width = entry["height"], entry["width"]
+    overlay = Image.open(out_dir / entry["overlay"])
+    assert overlay.width == width and overlay.height > height
+    for inst in entry["instances"]:
+        assert isinstance(inst["prompt"], str) and 0.0 <= inst["score"] <= 1.0 and len(inst["box"]) == 4
+        mask = np.array(Image.open(out_dir / inst["mask"]))
+        assert mask.shape == (height, width) and set(np.unique(mask)) <= {0, 255}
+        assert int((mask > 0).sum()) == inst["area"]
+
+
+def test_dry_run_on_bundled_image(tmp_path, capsys):
+    # threshold 0 keeps every query, so mask files are written even with random weights
+    assert main(["segment", "--out", str(tmp_path), "--threshold", "0", "--device", "cpu"]) == 0
+    assert "RANDOM WEIGHTS" in capsys.readouterr().err
+    results = _read_results(tmp_path)
+    assert results["random_weights"] is True and results["checkpoint"] is None
+    assert results["text"] == ["cat"] and results["device"] == "cpu" and results["dtype"] == "float32"
+    (entry,) = results["images"]
+    assert entry["image"] == str(SAMPLE_IMAGE) and (entry["height"], entry["width"]) == (300, 451)
+    assert len(entry["instances"]) > 0
+    scores = [inst["score"] for inst in entry["instances"]]
+    assert scores == sorted(scores, reverse=True)
+    _check_image_entry(tmp_path, entry)
+    assert SAMPLE_IMAGE.stat().st_size <= 200_000
+
+
+def test_several_images_and_prompts(tmp_path):
+    first, second = tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.jpg"
+    for path in (first, second):
+        path.parent.mkdir()
+    Image.open(SAMPLE_IMAGE).save(first)
+    Image.open(SAMPLE_IMAGE).convert("L").resize((120, 90)).save(second)  # grayscale, another size
+    out = tmp_path / "out"
+    argv = ["segment", str(first), str(second), "--text", "cat", "--text", "ear", "--out", str(out),
+            "--threshold", "0", "--dtype", "bfloat16", "--device", "cpu"]
+    assert main(argv) == 0
+    results = _read_results(out)
+    assert results["text"] == ["cat", "ear"] and results["dtype"] == "bfloat16"
+    assert [e["image"] for e in results["images"]] == [str(first), str(second)]
+    overlays = [e["overlay"] for e in results["images"]]
+    assert len(set(overlays)) == 2  # same file stem, distinct outputs
+    assert results["images"][1]["height"] == 90 and results["images"][1]["width"] == 120
+    for entry in results["images"]:
+        assert {inst["prompt"] for inst in entry["instances"]} == {"cat", "ear"}
+        _check_image_entry(out, entry)
+
+
+def test_hf_checkpoint_folder(tmp_path):
+    """A checkpoint saved by transformers (tiny config, random weights) loads through --checkpoint."""
+    pytest.importorskip("transformers", reason="building an HF checkpoint needs transformers (test extra)")
+    import torch
+    from transformers import Sam3LiteTextConfig as HFConfig, Sam3LiteTextModel as HFModel
+
+    import sam3lt
+    from sam3lt.processor import Sam3LiteTextProcessor
+
+    config = sam3lt.Sam3LiteTextConfig.tiny()
+    torch.manual_seed(0)
+    HFModel(HFConfig(**{k: v for k, v in config.to_dict().items() if k != "architectures"})).save_pretrained(
+        tmp_path / "ckpt")
+    Sam3LiteTextProcessor(size=config.image_size).save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    assert main(["segment", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(out), "--device", "cpu",
+                 "--threshold", "0.1"]) == 0
+    results = _read_results(out)
+    assert results["random_weights"] is False and results["checkpoint"] == str(tmp_path / "ckpt")
+    assert results["image_size"] == config.image_size
+    _check_image_entry(out, results["images"][0])
+
+
+def test_module_help(capsys):
+    proc = subprocess.run([sys.executable, "-m", "sam3lt.cli", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "segment" in proc.stdout
+    with pytest.raises(SystemExit) as exit_info:  # in-process: a second interpreter would re-import torch
+        main(["segment", "--help"])
+    assert exit_info.value.code == 0 and "--checkpoint" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["segment", "IMAGE_PLACEHOLDER", "--out", "OUT"], "--text"),
+    (["segment", "does/not/exist.jpg", "--text", "cat", "--out", "OUT"], "IMAGE"),
+    (["segment", "--text", " ", "--out", "OUT"], "--text"),
+])
+def test_errors(tmp_path, capsys, argv, message):
+    argv = [str(SAMPLE_IMAGE) if a == "IMAGE_PLACEHOLDER" else str(tmp_path) if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_parser_errors_exit_with_usage():
+    with pytest.raises(SystemExit):
+        main([])  # a subcommand is required
+    with pytest.raises(SystemExit):
+        main(["segment", "--out", "x", "--dtype", "float64"])
