@@ -10,6 +10,7 @@ from .repmixer import repmixer_dwconv, repmixer_dwconv_reference
 from .upsample import (mask_product, mask_product_reference, masks_to_binary, masks_to_binary_reference,
                        upsample_nearest_add, upsample_nearest_add_reference)
 from . import _eager  # noqa: F401  (registers the eager backend)
+from . import _triton  # noqa: F401  (registers the triton backend: sam3lt:: custom ops over sam3lt.kernels)
 
 __all__ = [
     "BACKENDS", "BackendUnavailable", "get_backend", "register", "select", "set_backend", "use_backend",

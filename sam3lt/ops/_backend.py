@@ -7,7 +7,12 @@ precedence: the ``backend=`` argument of an op call, the innermost :func:`use_ba
 Each backend registers, per op, an implementation and a ``supports(*args) -> str | None`` check that returns
 ``None`` when it can take the inputs, or a readable reason when it cannot. Under ``auto`` a backend that
 cannot take an input is skipped (one warning per op and reason) and the next one runs; a backend forced by
-name that cannot run raises :class:`BackendUnavailable` with its reason.
+name that cannot run raises :class:`BackendUnavailable` with its reason. An implementation registered with
+``auto=False`` runs only when its backend is asked for by name (``auto`` passes over it silently): for a
+kernel that works but is not the fastest choice, e.g. the Triton mask-product GEMM against cuBLAS.
+
+The selection is plain Python that ``torch.compile`` traces (and guards on); the non-eager implementations
+are ``sam3lt::`` custom ops, so a compiled model has no graph break at an op call.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ class BackendUnavailable(RuntimeError):
 class _Impl:
     fn: Callable
     supports: Callable[..., str | None]
+    auto: bool = True
 
 
 _REGISTRY: dict[str, dict[str, _Impl]] = {}
@@ -45,10 +51,16 @@ def _check_choice(name: str, where: str) -> str:
     return name
 
 
-def register(op: str, backend: str, fn: Callable, supports: Callable[..., str | None] | None = None) -> None:
-    """Register ``fn`` as ``backend``'s implementation of ``op`` (``supports`` returns None or a reason)."""
-    _check_choice(backend, "register")
-    _REGISTRY.setdefault(op, {})[backend] = _Impl(fn, supports or (lambda *a, **k: None))
+def register(op: str, backend: str, fn: Callable, supports: Callable[..., str | None] | None = None,
+             auto: bool = True) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op`` (``supports`` returns None or a reason).
+
+    With ``auto=False`` the implementation is used only when ``backend`` is chosen by name.
+    """
+    backend = _check_choice(backend, "register")
+    if backend == "auto":
+        raise ValueError("register: 'auto' is not a backend")
+    _REGISTRY.setdefault(op, {})[backend] = _Impl(fn, supports or (lambda *a, **k: None), bool(auto))
 
 
 def set_backend(name: str) -> None:
@@ -98,6 +110,9 @@ def select(op: str, backend: str | None, *args) -> tuple[str, Callable]:
             raise BackendUnavailable(f"{op}: backend {choice!r} cannot run these inputs: {reason}")
         return choice, _REGISTRY[op][choice].fn
     for name in BACKENDS:
+        impl = _REGISTRY.get(op, {}).get(name)
+        if impl is not None and not impl.auto:
+            continue
         reason = unavailable_reason(op, name, *args)
         if reason is None:
             return name, _REGISTRY[op][name].fn

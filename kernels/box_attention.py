@@ -1,0 +1,148 @@
+"""Flash-attention forward for the DETR heads, with the separable box bias or a key-padding mask in-kernel.
+
+One program computes BLOCK_M queries of one (batch, head) with an online softmax over all keys.
+
+- Box bias (decoder cross-attention over the Hg×Wg grid): the score of key ``j = y·Wg + x`` gets
+  ``bias_y[.., i, y] + bias_x[.., i, x]`` added, gathered per tile from the two small tables, so the
+  (B, heads, Lq, Hg·Wg) bias is never materialised.
+- Key-padding mask (text cross-attention, self-attention): keys with mask 0 get −inf. A query row with no
+  valid key outputs zeros, as the reference (torch SDPA on the CPU) does.
+
+q/k/v are (B, heads, L, D) with any strides; the output is written as (B, Lq, heads·D) (heads merged).
+Scores are fp32 (exp2 domain), the dot products run in the input dtype with fp32 accumulation.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import dot_precision, is_interpreted, launch, next_pow2
+
+MAX_HEAD_DIM = 256
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attn_kernel(q_ptr, k_ptr, v_ptr, by_ptr, bx_ptr, mask_ptr, out_ptr,
+                 s_qb, s_qh, s_qm, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
+                 s_byb, s_byh, s_bym, s_byy, s_bxb, s_bxh, s_bxm, s_bxx, s_mb, s_mn,
+                 Lq, Lk, Wg, num_heads, qk_scale,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // num_heads
+    head = pid_bh % num_heads
+    dtype = q_ptr.dtype.element_ty
+    b64 = b.to(tl.int64)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mmask = offs_m < Lq
+    dmask = offs_d < HEAD_DIM
+    q = tl.load(q_ptr + b64 * s_qb + head * s_qh + offs_m[:, None] * s_qm + offs_d[None, :] * s_qd,
+                mask=mmask[:, None] & dmask[None, :], other=0.0)
+    k_base = k_ptr + b64 * s_kb + head * s_kh
+    v_base = v_ptr + b64 * s_vb + head * s_vh
+    if HAS_BIAS:
+        by_rows = by_ptr + b64 * s_byb + head * s_byh + offs_m[:, None] * s_bym
+        bx_rows = bx_ptr + b64 * s_bxb + head * s_bxh + offs_m[:, None] * s_bxm
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+
+    for start_n in range(0, Lk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        nmask = offs_n < Lk
+        kv_mask = nmask[:, None] & dmask[None, :]
+        k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        valid = nmask
+        if HAS_MASK:
+            key_ok = tl.load(mask_ptr + b64 * s_mb + offs_n * s_mn, mask=nmask, other=0)
+            valid = valid & (key_ok != 0)
+        if HAS_BIAS:
+            bmask = mmask[:, None] & nmask[None, :]
+            gy = offs_n // Wg
+            gx = offs_n % Wg
+            bias = (tl.load(by_rows + gy[None, :] * s_byy, mask=bmask, other=0.0).to(tl.float32)
+                    + tl.load(bx_rows + gx[None, :] * s_bxx, mask=bmask, other=0.0).to(tl.float32))
+            s += bias * 1.4426950408889634
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no valid key so far
+        p = tl.exp2(s - m_ref[:, None])
+        alpha = tl.exp2(m_i - m_ref)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v.to(dtype), input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    has_key = l_i > 0.0
+    out = acc / tl.where(has_key, l_i, 1.0)[:, None]
+    out = tl.where(has_key[:, None], out, 0.0)
+    row = num_heads * HEAD_DIM
+    out_ptrs = out_ptr + b64 * Lq * row + offs_m[:, None] * row + (head * HEAD_DIM + offs_d)[None, :]
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & dmask[None, :])
+
+
+def _config(lq: int, head_dim: int, dtype: torch.dtype, interpreted: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages); untuned starting points."""
+    if interpreted:
+        return max(16, min(64, next_pow2(lq))), 64, 4, 1
+    if dtype == torch.float32:
+        return (64 if lq > 256 else 32), 32, 4, 2
+    if lq >= 2048 and head_dim <= 64:
+        return 128, 64, 8, 3
+    return (64 if lq > 256 else 32), 64, 4, 3
+
+
+def _attention(q, k, v, bias_y, bias_x, key_padding_mask):
+    batch, heads, lq, head_dim = q.shape
+    lk = k.shape[2]
+    out = torch.empty((batch, lq, heads * head_dim), device=q.device, dtype=q.dtype)
+    if out.numel() == 0:
+        return out
+    if lk == 0:
+        return out.zero_()
+    interpreted = is_interpreted(_attn_kernel)
+    block_m, block_n, warps, stages = _config(lq, head_dim, q.dtype, interpreted)
+    has_bias = bias_y is not None
+    has_mask = key_padding_mask is not None
+    if has_bias:
+        by, bx, wg = bias_y, bias_x, bias_x.shape[-1]
+        bias_strides = (*by.stride(), *bx.stride())
+    else:
+        by = bx = q  # dummy pointers, never read
+        wg, bias_strides = 1, (0,) * 8
+    if has_mask:
+        m = key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask != 0
+        mask_strides = m.stride()
+    else:
+        m, mask_strides = q, (0, 0)
+    grid = (triton.cdiv(lq, block_m), batch * heads)
+    launch(_attn_kernel, grid, q, k, v, by, bx, m, out,
+           *q.stride(), *k.stride(), *v.stride(), *bias_strides, *mask_strides,
+           lq, lk, wg, heads, _LOG2E / math.sqrt(head_dim),
+           HEAD_DIM=head_dim, BLOCK_D=max(16, next_pow2(head_dim)), BLOCK_M=block_m, BLOCK_N=block_n,
+           HAS_BIAS=has_bias, HAS_MASK=has_mask, DOT_PRECISION=dot_precision(q.dtype),
+           num_warps=warps, num_stages=stages)
+    return out
+
+
+def box_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_y: torch.Tensor,
+                       bias_x: torch.Tensor) -> torch.Tensor:
+    """Launcher. q (B, heads, Lq, D), k/v (B, heads, Hg·Wg, D), bias_y (B, heads, Lq, Hg), bias_x (B, heads, Lq, Wg),
+    any strides. Returns (B, Lq, heads·D) contiguous in q's dtype. See :func:`sam3lt.ops.box_bias_attention`."""
+    return _attention(q, k, v, bias_y, bias_x, None)
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """Launcher. q (B, heads, Lq, D), k/v (B, heads, Lk, D), key_padding_mask (B, Lk) (nonzero = valid) or None.
+    Returns (B, Lq, heads·D) contiguous in q's dtype. See :func:`sam3lt.ops.masked_attention`."""
+    return _attention(q, k, v, None, None, key_padding_mask)

@@ -1,0 +1,71 @@
+"""Depthwise 1×K token convolution + bias (+ residual) in one pass: the RepMixer token mixer of the text encoder.
+
+Layout: x (B, L, C) channels last with any strides; each program owns BLOCK_R flattened (batch, token) rows ×
+BLOCK_C channels of the output and reads the K shifted input tiles it needs (zero outside [0, L) of each row's own
+sequence, i.e. the reference's "same" padding of K//2 on
+each side). Maths in fp32, one rounding to the input dtype at the store.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._utils import is_interpreted, launch, next_pow2
+
+MAX_TAPS = 63  # taps are unrolled (tl.static_range); the model uses K = 11 (token mixer) and 3/7 (conv FFN)
+
+
+@triton.jit
+def _dwconv_kernel(x_ptr, w_ptr, b_ptr, out_ptr,
+                   L, C, n_rows, n_cblk,
+                   s_xb, s_xl, s_xc, s_wc, s_wk, s_b,
+                   K: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    # rows are the flattened (batch, token) pairs, so short prompts do not leave most of a tile idle
+    pid = tl.program_id(0)
+    pid_c = pid % n_cblk
+    pid_r = pid // n_cblk
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    rmask = rows < n_rows
+    cmask = offs_c < C
+    tok = rows % L
+    row_base = (rows // L).to(tl.int64) * s_xb
+
+    bias = tl.load(b_ptr + offs_c * s_b, mask=cmask, other=0.0).to(tl.float32)
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32) + bias[None, :]
+    for k in tl.static_range(K):
+        src = tok + (k - K // 2)
+        lmask = rmask & (src >= 0) & (src < L)
+        xv = tl.load(x_ptr + (row_base + src * s_xl)[:, None] + offs_c[None, :] * s_xc,
+                     mask=lmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+        wk = tl.load(w_ptr + offs_c * s_wc + k * s_wk, mask=cmask, other=0.0).to(tl.float32)
+        acc += xv * wk[None, :]
+
+    omask = rmask[:, None] & cmask[None, :]
+    if RESIDUAL:
+        acc += tl.load(x_ptr + (row_base + tok * s_xl)[:, None] + offs_c[None, :] * s_xc,
+                       mask=omask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * C + offs_c[None, :], acc.to(out_ptr.dtype.element_ty), mask=omask)
+
+
+def repmixer_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: bool) -> torch.Tensor:
+    """``[x +] dwconv1d(x, weight, "same" zero padding) + bias`` for x (B, L, C) (any strides), weight (C, K) with
+    K odd, bias (C,). Returns (B, L, C) contiguous in x's dtype. fp32 accumulation."""
+    batch, length, channels = x.shape
+    taps = weight.shape[-1]
+    out = torch.empty((batch, length, channels), device=x.device, dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    rows = batch * length
+    if is_interpreted(_dwconv_kernel):  # few, large programs: the interpreter's cost is per program and op
+        block_r, block_c, warps = min(next_pow2(rows), 512), min(next_pow2(channels), 128), 4
+    else:  # untuned: B·L is 77 per prompt, C = 512 in the model; small tiles keep a few dozen programs busy
+        block_r, block_c, warps = min(next_pow2(rows), 32), min(next_pow2(channels), 64), 4
+    n_cblk = triton.cdiv(channels, block_c)
+    grid = (triton.cdiv(rows, block_r) * n_cblk,)
+    launch(_dwconv_kernel, grid, x, weight, bias, out,
+           length, channels, rows, n_cblk,
+           x.stride(0), x.stride(1), x.stride(2), weight.stride(0), weight.stride(-1), bias.stride(0),
+           K=taps, RESIDUAL=bool(residual), BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
+    return out

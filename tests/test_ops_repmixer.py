@@ -1,0 +1,75 @@
+"""Triton repmixer_dwconv against the eager reference (on CUDA, else in the Triton interpreter)."""
+import random
+
+from _interp import DEVICE, DTYPES, check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sam3lt.ops as ops
+
+_rng = random.Random(3)
+# (B, L, C, K, residual): L = 1 and 77, B = 1 and > 64, odd channel counts, plus random draws
+CASES = [(1, 1, 16, 11, True), (2, 77, 64, 11, True), (1, 77, 48, 3, False), (70, 5, 8, 11, True),
+         (3, 13, 20, 7, False), (1, 4, 5, 1, True)]
+CASES += [(_rng.randint(1, 4), _rng.randint(1, 77), _rng.randint(1, 96), _rng.choice([3, 5, 7, 11]),
+           _rng.random() < 0.5) for _ in range(3)]
+
+
+def _dwconv64(x, w, b, residual):
+    """The reference's maths in fp64 by pad + unfold (torch's fp64 depthwise conv1d is very slow on the CPU)."""
+    x, w, b = x.double(), w.double(), b.double()
+    taps = w.shape[-1]
+    windows = F.pad(x, (0, 0, taps // 2, taps // 2)).unfold(1, taps, 1)  # (B, L, C, K)
+    y = (windows * w).sum(-1) + b
+    return y + x if residual else y
+
+
+def _ref_pair(x, w, b, residual):
+    return _dwconv64(x, w, b, residual), ops.repmixer_dwconv_reference(x, w, b, residual)
+
+
+def test_fp64_helper_is_the_reference():
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(2, 9, 5, generator=gen), torch.randn(5, 7, generator=gen), torch.randn(5, generator=gen)
+    for residual in (True, False):
+        ref = ops.repmixer_dwconv_reference(x.double(), w.double(), b.double(), residual)
+        assert torch.allclose(_dwconv64(x, w, b, residual), ref, rtol=1e-12, atol=1e-12)
+
+
+@kernel_test
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("B, L, C, K, residual", CASES)
+def test_repmixer_matches_reference(B, L, C, K, residual, dtype, request):
+    gen = seed_for(request)
+    x = randn(gen, B, L, C, dtype=dtype)
+    w = randn(gen, C, K, dtype=dtype, scale=0.3)
+    b = randn(gen, C, dtype=dtype)
+    out = ops.repmixer_dwconv(x, w, b, residual, backend="triton")
+    assert out.is_contiguous()
+    check_close(out, *_ref_pair(x, w, b, residual), dtype, f"B{B} L{L} C{C} K{K}")
+
+
+@kernel_test
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["channels_first_view", "strided_slice", "strided_weight"])
+def test_repmixer_non_contiguous(layout, dtype, request):
+    gen = seed_for(request)
+    B, L, C, K = 2, 23, 24, 11
+    if layout == "channels_first_view":  # (B, C, L) storage seen as (B, L, C), as after a conv layer
+        x = randn(gen, B, C, L, dtype=dtype).transpose(1, 2)
+    else:
+        x = randn(gen, B, 2 * L, C + 3, dtype=dtype)[:, ::2, 1:C + 1]
+    w = randn(gen, K, C, dtype=dtype, scale=0.3).t() if layout == "strided_weight" else randn(gen, C, K, dtype=dtype)
+    b = randn(gen, 2 * C, dtype=dtype)[::2]
+    assert not x.is_contiguous()
+    out = ops.repmixer_dwconv(x, w, b, True, backend="triton")
+    check_close(out, *_ref_pair(x, w, b, True), dtype, layout)
+
+
+@kernel_test
+def test_repmixer_empty_batch():
+    x = torch.empty(0, 7, 8, device=DEVICE)
+    out = ops.repmixer_dwconv(x, torch.ones(8, 3, device=DEVICE), torch.ones(8, device=DEVICE), backend="triton")
+    assert out.shape == (0, 7, 8)

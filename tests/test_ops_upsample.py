@@ -1,0 +1,106 @@
+"""Triton upsample_nearest_add, mask_product and masks_to_binary against the eager references."""
+from _interp import DEVICE, DTYPES, check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sam3lt.ops as ops
+
+# (h, w) -> (H, W): exact 2x, non-integer ratios, identity, downsampling, 1x1
+SIZES = [((4, 4), (8, 8)), ((3, 5), (7, 11)), ((5, 3), (5, 3)), ((6, 9), (4, 5)), ((7, 7), (21, 20)),
+         ((3, 3), (1, 1)), ((13, 17), (100, 33)), ((9, 9), (72, 72))]
+
+
+@kernel_test
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("src, dst", SIZES, ids=lambda s: "x".join(map(str, s)))
+def test_upsample_nearest_add_exact(src, dst, dtype, request):
+    gen = seed_for(request)
+    x = randn(gen, 2, 3, *src, dtype=dtype)
+    skip = randn(gen, 2, 3, *dst, dtype=dtype)
+    out = ops.upsample_nearest_add(x, skip, backend="triton")
+    ref = ops.upsample_nearest_add_reference(x, skip)
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert torch.equal(out, ref)  # a gather and one rounding: bit-exact
+
+
+@kernel_test
+@pytest.mark.parametrize("layout", ["channels_last", "sliced"])
+def test_upsample_nearest_add_non_contiguous(layout, request):
+    gen = seed_for(request)
+    if layout == "channels_last":
+        x = randn(gen, 2, 5, 6, 7).to(memory_format=torch.channels_last)
+        skip = randn(gen, 2, 5, 12, 14).to(memory_format=torch.channels_last)
+    else:
+        x = randn(gen, 2, 10, 6, 9)[:, ::2, :, 1:8]
+        skip = randn(gen, 2, 5, 13, 16)[..., 1:15]
+    out = ops.upsample_nearest_add(x, skip, backend="triton")
+    assert torch.equal(out, ops.upsample_nearest_add_reference(x, skip))
+
+
+# (B, Q, C, H, W)
+PRODUCT_CASES = [(2, 37, 40, 9, 13), (1, 1, 16, 1, 1), (1, 5, 300, 4, 4), (3, 20, 8, 7, 5)]
+
+
+@kernel_test
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("B, Q, C, H, W", PRODUCT_CASES)
+def test_mask_product(B, Q, C, H, W, dtype, request):
+    gen = seed_for(request)
+    a = randn(gen, B, Q, C, dtype=dtype)
+    p = randn(gen, B, C, H, W, dtype=dtype)
+    out = ops.mask_product(a, p, backend="triton")
+    check_close(out, ops.mask_product_reference(a.double(), p.double()), ops.mask_product_reference(a, p), dtype)
+
+
+@kernel_test
+def test_mask_product_non_contiguous(request):
+    gen = seed_for(request)
+    a = randn(gen, 2, 16, 11).transpose(1, 2)  # (2, 11, 16) with strides
+    p = randn(gen, 2, 16, 6, 10).to(memory_format=torch.channels_last)
+    out = ops.mask_product(a, p, backend="triton")
+    check_close(out, ops.mask_product_reference(a.double(), p.double()), ops.mask_product_reference(a, p),
+                torch.float32)
+
+
+def _check_binary(out, logits, size, threshold, dtype):
+    ref = ops.masks_to_binary_reference(logits, size, threshold)
+    assert out.dtype == torch.bool and out.shape == ref.shape
+    if out.numel() == 0:
+        return
+    # a pixel may differ from the reference only where the exact probability sits on the threshold
+    probs64 = logits.double().sigmoid()
+    if tuple(size) != tuple(logits.shape[-2:]):
+        probs64 = F.interpolate(probs64[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+    band = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    differ = out != ref
+    assert not differ.any() or (probs64[differ] - threshold).abs().max() <= band, "flips away from the threshold"
+    assert differ.float().mean() <= 0.01
+    assert out.any() and (~out).any()  # inputs straddle the threshold
+
+
+# (N, h, w) -> (H, W)
+BINARY_CASES = [((3, 9, 11), (20, 37)), ((2, 8, 8), (8, 8)), ((1, 16, 16), (5, 7)), ((4, 7, 5), (29, 3)),
+                ((2, 18, 18), (100, 60))]
+
+
+@kernel_test
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("src, size", BINARY_CASES, ids=lambda s: "x".join(map(str, s)))
+def test_masks_to_binary(src, size, dtype, threshold, request):
+    gen = seed_for(request)
+    logits = randn(gen, *src, dtype=dtype, scale=3.0)
+    out = ops.masks_to_binary(logits, size, threshold, backend="triton")
+    _check_binary(out, logits, size, threshold, dtype)
+
+
+@kernel_test
+def test_masks_to_binary_non_contiguous_and_empty(request):
+    gen = seed_for(request)
+    logits = randn(gen, 3, 12, 10, scale=3.0).transpose(1, 2)
+    _check_binary(ops.masks_to_binary(logits, (31, 17), 0.5, backend="triton"), logits, (31, 17), 0.5, torch.float32)
+    empty = torch.empty(0, 12, 10, device=DEVICE)
+    out = ops.masks_to_binary(empty, (31, 17), 0.5, backend="triton")
+    assert out.shape == (0, 31, 17) and out.dtype == torch.bool
