@@ -1,16 +1,22 @@
-"""sam3lt: fast SAM3-LiteText inference (compact model + Triton/CUDA kernels)."""
-from .ops import set_backend, use_backend, get_backend
+"""sam3lt: the fastest way to run SAM3-LiteText (open-vocabulary segmentation: image + text -> masks).
 
-__version__ = "0.1.0"
-__all__ = ["set_backend", "use_backend", "get_backend", "__version__"]
-
+A compact PyTorch model that is numerically HF transformers' ``Sam3LiteTextModel`` and loads its checkpoints
+unchanged, with the hot ops behind :mod:`sam3lt.ops` (eager reference, Triton and CUDA backends).
+"""
+from .ops import get_backend, set_backend, use_backend
 from .config import (Sam3LiteTextConfig, Sam3LiteTextDETRDecoderConfig, Sam3LiteTextDETREncoderConfig,
                      Sam3LiteTextGeometryEncoderConfig, Sam3LiteTextMaskDecoderConfig, Sam3LiteTextTextConfig,
                      Sam3ViTConfig, Sam3VisionConfig)
-from .model import Sam3LiteTextModel, Sam3LiteTextOutput
+from .model import Sam3LiteTextModel, Sam3LiteTextOutput, TextOutput, VisionOutput
 from .loading import CheckpointError, from_pretrained, from_transformers
+from .processor import Sam3LiteTextProcessor
 
-__all__ += ["Sam3LiteTextConfig", "Sam3LiteTextTextConfig", "Sam3ViTConfig", "Sam3VisionConfig",
-            "Sam3LiteTextGeometryEncoderConfig", "Sam3LiteTextDETREncoderConfig", "Sam3LiteTextDETRDecoderConfig",
-            "Sam3LiteTextMaskDecoderConfig", "Sam3LiteTextModel", "Sam3LiteTextOutput", "CheckpointError",
-            "from_pretrained", "from_transformers"]
+__version__ = "0.1.0"
+__all__ = [
+    "get_backend", "set_backend", "use_backend",
+    "Sam3LiteTextConfig", "Sam3LiteTextTextConfig", "Sam3ViTConfig", "Sam3VisionConfig",
+    "Sam3LiteTextGeometryEncoderConfig", "Sam3LiteTextDETREncoderConfig", "Sam3LiteTextDETRDecoderConfig",
+    "Sam3LiteTextMaskDecoderConfig",
+    "Sam3LiteTextModel", "Sam3LiteTextOutput", "TextOutput", "VisionOutput",
+    "CheckpointError", "from_pretrained", "from_transformers", "Sam3LiteTextProcessor", "__version__",
+]

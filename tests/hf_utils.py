@@ -21,12 +21,13 @@ def hf_config(config: sam3lt.Sam3LiteTextConfig) -> HFConfig:
 
 
 @torch.no_grad()
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Make every weight non-trivial: perturb all parameters, give BatchNorms real statistics and layer
-    scales O(1) values (HF's init leaves BN at identity and layer scale at 1e-5, hiding folding errors)."""
+def randomize(model: torch.nn.Module, seed: int = 0, perturb: bool = True) -> torch.nn.Module:
+    """Make every weight non-trivial: perturb all parameters (``perturb``), give BatchNorms real statistics and
+    layer scales O(1) values (HF's init leaves BN at identity and layer scale at 1e-5, hiding folding errors)."""
     gen = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
-        p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+        if perturb:
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
         if "layer_scale" in name:
             p.copy_(torch.rand(p.shape, generator=gen) * 0.5 + 0.2)
     for name, b in model.named_buffers():
@@ -37,10 +38,10 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def make_pair(config: sam3lt.Sam3LiteTextConfig, seed: int = 0, fold_batchnorm: bool = True):
+def make_pair(config: sam3lt.Sam3LiteTextConfig, seed: int = 0, fold_batchnorm: bool = True, perturb: bool = True):
     """An HF model with random non-trivial weights and the sam3lt model converted from it."""
     torch.manual_seed(seed)
-    hf = randomize(HFModel(hf_config(config)).eval(), seed)
+    hf = randomize(HFModel(hf_config(config)).eval(), seed, perturb)
     return hf, sam3lt.from_transformers(hf, fold_batchnorm=fold_batchnorm)
 
 

@@ -114,7 +114,12 @@ def test_many_prompts_one_image_equals_single_calls():
 def test_full_size_s0_1008():
     """The default full-size model (1008² image, 72×72 grid, 32 ViT layers, S0 text encoder)."""
     config = sam3lt.Sam3LiteTextConfig.from_preset("s0")
-    hf, ours = make_pair(config, seed=9)
+    # HF's own random init (plus real BatchNorm statistics and layer scales): perturbing every weight of the
+    # 1024-wide, 32-layer ViT gives activations so large that the DETR decoder's softmaxes amplify 1e-7
+    # float-rounding differences about 3x per layer (measured with perturbed weights: ViT output bitwise equal,
+    # DETR encoder within 1e-7, decoder 7e-6 after one layer and 9e-4 after six), which would test the
+    # conditioning of those random weights, not our numerics.
+    hf, ours = make_pair(config, seed=9, perturb=False)
     pixels, ids, mask = random_inputs(config, batch=1, seq_len=16, seed=9)
     ref = hf(pixel_values=pixels, input_ids=ids, attention_mask=mask)
     out = ours(pixel_values=pixels, input_ids=ids, attention_mask=mask)

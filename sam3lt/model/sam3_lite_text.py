@@ -181,6 +181,7 @@ class Sam3LiteTextModel(nn.Module):
 
         ``text_embeds`` is the output of :meth:`get_text_features` (or HF's), or its ``pooler_output`` tensor.
         """
+        kwargs.pop("original_sizes", None)  # processor output, so that model(**inputs) works as in HF
         if kwargs:
             raise TypeError(f"forward: unexpected argument(s) {sorted(kwargs)}")
         if (pixel_values is None) == (vision_embeds is None):
