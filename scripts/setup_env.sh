@@ -11,5 +11,7 @@ fi
 python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "is ignored" || true
 # transformers is pinned for the reference tests: parity is checked against this exact release.
-python -m pip install -q -e ".[test]" "transformers==5.23.*" 2>&1 | grep -v "is ignored" || true
+# --no-build-isolation: setup.py imports the installed torch to build the CUDA extension against it.
+python -m pip install -q ninja setuptools wheel 2>&1 | grep -v "is ignored" || true
+python -m pip install -q --no-build-isolation -e ".[test]" "transformers==5.23.*" 2>&1 | grep -v "is ignored" || true
 python -c "import torch, torchvision, triton, sam3lt; print('sam3lt', sam3lt.__version__, '| torch', torch.__version__, '| triton', triton.__version__)"

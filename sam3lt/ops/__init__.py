@@ -11,6 +11,7 @@ from .upsample import (mask_product, mask_product_reference, masks_to_binary, ma
                        upsample_nearest_add, upsample_nearest_add_reference)
 from . import _eager  # noqa: F401  (registers the eager backend)
 from . import _triton  # noqa: F401  (registers the triton backend: sam3lt:: custom ops over sam3lt.kernels)
+from . import _cuda  # noqa: F401  (registers the cuda backend: ops of the compiled sam3lt._C)
 
 __all__ = [
     "BACKENDS", "BackendUnavailable", "get_backend", "register", "select", "set_backend", "use_backend",
