@@ -7,7 +7,8 @@ precedence: the ``backend=`` argument of an op call, the innermost :func:`use_ba
 Each backend registers, per op, an implementation and a ``supports(*args) -> str | None`` check that returns
 ``None`` when it can take the inputs, or a readable reason when it cannot. Under ``auto`` a backend that
 cannot take an input is skipped (one warning per op and reason) and the next one runs; a backend forced by
-name that cannot run raises :class:`BackendUnavailable` with its reason. An implementation registered with
+name that cannot run raises :class:`BackendUnavailable` with its reason (while ``torch.compile`` traces, the
+fallback is silent: a warning would break the graph). An implementation registered with
 ``auto=False`` runs only when its backend is asked for by name (``auto`` passes over it silently): for a
 kernel that works but is not the fastest choice, e.g. the Triton mask-product GEMM against cuBLAS.
 
@@ -93,6 +94,16 @@ def use_backend(name: str):
         stack.pop()
 
 
+def _compiling() -> bool:
+    """True while torch.compile traces: warnings.warn would break the graph there, so the fallback is silent."""
+    try:
+        import torch
+
+        return torch.compiler.is_compiling()
+    except (ImportError, AttributeError):  # pragma: no cover
+        return False
+
+
 def unavailable_reason(op: str, backend: str, *args) -> str | None:
     """None if ``backend`` can run ``op`` on these inputs, else why not."""
     impl = _REGISTRY.get(op, {}).get(backend)
@@ -116,7 +127,7 @@ def select(op: str, backend: str | None, *args) -> tuple[str, Callable]:
         reason = unavailable_reason(op, name, *args)
         if reason is None:
             return name, _REGISTRY[op][name].fn
-        if name != "eager" and op in _REGISTRY and name in _REGISTRY[op]:
+        if name != "eager" and op in _REGISTRY and name in _REGISTRY[op] and not _compiling():
             key = (op, name, reason)
             if key not in _warned:
                 _warned.add(key)
