@@ -117,8 +117,10 @@ def _window_attn_kernel(qkv_ptr, cos_ptr, sin_ptr, pad_ptr, out_ptr,
 
 
 def _config(tokens: int, head_dim: int, dtype: torch.dtype, interpreted: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages). Untuned starting points (FA2-style Triton forward on Hopper):
-    hd 64 half precision -> 128×64 tiles for long sequences, 64×64 for the 576-token windows (576 = 9·64)."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages). Untuned starting points (no GPU was at hand): every query block
+    re-applies RoPE to all keys of its window and streams fp32 cos/sin tiles, so tall query blocks (fewer passes
+    over the keys) and two pipeline stages (the K side is ~56 KB of shared memory per stage at hd 64) are
+    favoured; the 576-token windows take 5 blocks of 128."""
     if interpreted:  # few, large programs
         blk = max(16, min(64, next_pow2(tokens)))
         return blk, blk, 4, 1
@@ -126,8 +128,9 @@ def _config(tokens: int, head_dim: int, dtype: torch.dtype, interpreted: bool) -
         return 64, 32, 4, 2
     if head_dim > 128:
         return 64, 32, 8, 2
-    block_m = 128 if tokens >= 2048 else 64
-    return block_m, 64, 4 if block_m == 64 else 8, 3
+    if tokens >= 256:
+        return 128, 64, 8, 2
+    return 64, 64, 4, 2
 
 
 def window_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int, window_size: int,

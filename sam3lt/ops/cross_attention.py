@@ -48,8 +48,9 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padd
 
     Args:
         q: (B, heads, Lq, D); k, v: (B, heads, Lk, D).
-        key_padding_mask: (B, Lk), True/nonzero = valid key, or None (all valid). A row with no valid key
-            gives NaN, as in torch SDPA.
+        key_padding_mask: (B, Lk), True/nonzero = valid key, or None (all valid). A batch entry with no valid
+            key gives zeros: the reference's torch SDPA does so on the CPU (its math backend; other SDPA
+            backends may give NaN), and the Triton kernel matches the CPU reference.
     Returns:
         (B, Lq, heads·D), heads merged, dtype of ``q``.
     """
