@@ -20,20 +20,36 @@ def is_interpreted(kernel) -> bool:
     return bool(_InterpretedFunction) and isinstance(kernel, _InterpretedFunction)
 
 
+try:
+    from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
+except ImportError:  # pragma: no cover
+    def _current_dispatch_mode():
+        return True  # unknown: assume tracing
+
+
+def plain_tensors(args) -> bool:
+    """True when nothing traces these arguments: not under torch.compile, no torch_dispatch mode active, and
+    every tensor a plain ``torch.Tensor`` (no fake / functional / proxy / subclass tensors)."""
+    if torch.compiler.is_compiling() or _current_dispatch_mode() is not None:
+        return False
+    return all(type(a) is torch.Tensor for a in args if isinstance(a, torch.Tensor))
+
+
 def launch(kernel, grid, *args, **kwargs) -> None:
     """Launch ``kernel[grid](*args, **kwargs)``.
 
-    Compiled kernels go through ``torch.library.wrap_triton`` so that, inside a ``torch.library.triton_op``,
-    make_fx / torch.compile record the launch (on real tensors inside the op this is the bare kernel).
-    Interpreted kernels run directly on real tensors and are skipped on fake ones (the interpreter reads
-    memory), which makes the op's fake implementation the launcher itself.
+    On plain tensors the kernel is launched directly. Otherwise (make_fx / torch.compile tracing a
+    ``torch.library.triton_op`` body) a compiled kernel goes through ``torch.library.wrap_triton`` so that the
+    launch is recorded; an interpreted kernel is skipped on fake tensors (the interpreter reads memory), which
+    makes the op body its own fake implementation.
     """
-    if is_interpreted(kernel):
-        if any(isinstance(a, torch.Tensor) and _is_fake(a) for a in args):
-            return
+    if plain_tensors(args):
         kernel[grid](*args, **kwargs)
-        return
-    torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
+    elif is_interpreted(kernel):
+        if not any(isinstance(a, torch.Tensor) and _is_fake(a) for a in args):
+            kernel[grid](*args, **kwargs)
+    else:
+        torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

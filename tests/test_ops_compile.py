@@ -56,6 +56,27 @@ def test_compile_fullgraph_triton(request):
 
 
 @kernel_test
+def test_eager_fast_path_matches_the_op(request):
+    """Plain eager calls run the op body directly (no custom-op dispatch); the result is the op's."""
+    args = samples(seed_for(request))
+    for name in OPS:
+        fast = getattr(ops, name)(*args[name], backend="triton")
+        via_op = getattr(torch.ops.sam3lt, name)(*args[name])
+        assert torch.equal(fast, via_op), name
+
+
+@kernel_test
+def test_requires_grad_goes_through_the_op(request):
+    """Inputs that need autograd take the custom op, which has no backward: a clear error, not silent detaching."""
+    x, w, b, residual = samples(seed_for(request))["repmixer_dwconv"]
+    x = x.clone().requires_grad_()
+    y = ops.repmixer_dwconv(x, w, b, residual, backend="triton")
+    assert y.requires_grad
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        y.sum().backward()
+
+
+@kernel_test
 @pytest.mark.skipif(not CUDA, reason="needs CUDA (auto picks triton only for CUDA tensors)")
 def test_compile_auto_picks_triton_on_cuda(request):
     args = samples(seed_for(request), torch.float16)

@@ -43,6 +43,7 @@ if TRITON_MISSING is None:
         from ..kernels import upsample as _up
         from ..kernels import window_attention as _win
         from ..kernels._utils import is_interpreted
+        from ..kernels._utils import plain_tensors as _plain_tensors
 
         INTERPRETED = is_interpreted(_rep._dwconv_kernel)
     except Exception as exc:  # pragma: no cover - a broken triton install
@@ -236,6 +237,12 @@ if TRITON_MISSING is None:
     def _masks_to_binary(mask_logits: Tensor, size: Sequence[int], threshold: float) -> Tensor:
         return _up.masks_to_binary(mask_logits, size, threshold)
 
+    _BODIES = {
+        "repmixer_dwconv": _repmixer_dwconv, "window_attention": _window_attention,
+        "box_bias_attention": _box_bias_attention, "masked_attention": _masked_attention,
+        "upsample_nearest_add": _upsample_nearest_add, "mask_product": _mask_product,
+        "masks_to_binary": _masks_to_binary,
+    }
     OPS = {
         "repmixer_dwconv": _define("repmixer_dwconv", _repmixer_dwconv),
         "window_attention": _define("window_attention", _window_attention),
@@ -246,18 +253,37 @@ if TRITON_MISSING is None:
         "masks_to_binary": _define("masks_to_binary", _masks_to_binary),
     }
 else:
+    _BODIES = {}
     OPS = {}
 
 
+def _plain_eager_call(args) -> bool:
+    """True for a plain eager call: not traced by torch.compile, no torch_dispatch mode (fake tensors, make_fx,
+    functionalization) active, only plain tensors, nothing that needs autograd. The op's own dispatch costs
+    tens of microseconds per call, so such calls run the op body (the launcher) directly."""
+    if not _plain_tensors(args):
+        return False
+    if torch.is_grad_enabled():
+        return not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+    return True
+
+
 def _impl(name: str):
-    if name in OPS:
-        op = getattr(torch.ops.sam3lt, name)
-        return lambda *args: op(*args)
+    if name not in OPS:
+        def missing(*args):  # pragma: no cover - supports() rejects first
+            raise RuntimeError(f"sam3lt::{name}: {TRITON_MISSING}")
 
-    def missing(*args):  # pragma: no cover - supports() rejects first
-        raise RuntimeError(f"sam3lt::{name}: {TRITON_MISSING}")
+        return missing
+    op = getattr(torch.ops.sam3lt, name)
+    body = _BODIES[name]
 
-    return missing
+    def run(*args):
+        if _plain_eager_call(args):
+            return body(*args)
+        return op(*args)
+
+    run.__name__ = f"triton_{name}"
+    return run
 
 
 _SUPPORTS = {
