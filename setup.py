@@ -2,19 +2,134 @@
 
 The Triton kernels live in the top-level ``kernels/`` folder of the repository and are installed as
 ``sam3lt.kernels`` (``package_dir``), so no top-level module called ``kernels`` is ever installed.
-The CUDA extension ``sam3lt._C`` (``csrc/``) is added to ``ext_modules`` by ``_cuda_extensions()``;
-it is empty until the CUDA-kernel issue lands, so this is a pure-Python install today.
+The CUDA extension ``sam3lt._C`` (``csrc/``) is added to ``ext_modules`` by ``_cuda_extensions()`` when a CUDA
+toolkit and a CUDA build of torch are present (install with ``--no-build-isolation``: it builds against the
+installed torch). Environment:
+
+- ``SAM3LT_SKIP_CUDA_BUILD=1``: pure-Python install, never build the extension.
+- ``SAM3LT_FORCE_CUDA_BUILD=1``: build it, and fail the install when it cannot be built.
+- ``TORCH_CUDA_ARCH_LIST``: target architectures (default ``"8.0;9.0"``: A100 and H100/H200 SASS).
+- ``MAX_JOBS``: parallel compile jobs (ninja; default: the number of CPUs).
+- ``CUDA_HOME``: the toolkit; otherwise found from ``nvcc`` on ``PATH`` or ``/usr/local/cuda``.
+
+Without a toolkit (and without ``SAM3LT_FORCE_CUDA_BUILD``) the install is pure Python and the ``cuda`` backend
+of ``sam3lt.ops`` reports why it is unavailable. One line printed at build time says what is built.
 """
+import glob
+import os
+import shutil
+import sys
+
 from setuptools import setup
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_DEFAULT_ARCHS = "8.0;9.0"
+_BUILD_NOTE = "pure Python (no CUDA extension)"
+_CMDCLASS = {}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _find_cuda_home():
+    """The CUDA toolkit root: $CUDA_HOME / $CUDA_PATH, else the parent of the ``nvcc`` on PATH (when it holds
+    include/cuda_runtime.h: /usr/local/bin/nvcc may be a wrapper script), else /usr/local/cuda; None if none has nvcc."""
+    def ok(root):
+        return bool(root) and os.path.isfile(os.path.join(root, "bin", "nvcc")) and \
+            os.path.isfile(os.path.join(root, "include", "cuda_runtime.h"))
+
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        root = os.environ.get(var)
+        if root:
+            return root if ok(root) else None  # an explicit but broken toolkit is an error, not a fallback
+    nvcc = shutil.which("nvcc")
+    candidates = []
+    if nvcc:
+        candidates += [os.path.dirname(os.path.dirname(nvcc)), os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))]
+    candidates.append("/usr/local/cuda")
+    for root in candidates:
+        if ok(root):
+            return root
+    return None
+
+
+def _pip_cuda_includes():
+    """Include folders of the pip-installed CUDA packages (nvidia/cu13/include, nvidia/*/include): torch's CUDA
+    headers include cuBLAS/cuSPARSE headers that a minimal toolkit may lack."""
+    dirs = []
+    for base in sys.path:
+        if base and os.path.isdir(os.path.join(base, "nvidia")):
+            dirs += sorted(glob.glob(os.path.join(base, "nvidia", "*", "include")))
+            dirs += sorted(glob.glob(os.path.join(base, "nvidia", "*", "*", "include")))
+    seen, out = set(), []
+    for d in dirs:
+        if os.path.isdir(d) and os.path.realpath(d) not in seen:
+            seen.add(os.path.realpath(d))
+            out.append(d)
+    return out
 
 
 def _cuda_extensions():
-    # Place for the CUDAExtension of csrc/ (built with ninja when a CUDA toolkit and a CUDA torch exist).
-    return []
+    """The CUDAExtension ``sam3lt._C`` (csrc/), built with ninja, or [] with the reason in ``_BUILD_NOTE``."""
+    global _BUILD_NOTE
+    force = _env_flag("SAM3LT_FORCE_CUDA_BUILD")
+
+    def skip(reason):
+        global _BUILD_NOTE
+        if force:
+            raise RuntimeError(f"sam3lt: SAM3LT_FORCE_CUDA_BUILD is set but the CUDA extension cannot be built: {reason}")
+        _BUILD_NOTE = f"pure Python (no CUDA extension: {reason})"
+        return []
+
+    if _env_flag("SAM3LT_SKIP_CUDA_BUILD"):
+        if force:
+            raise RuntimeError("sam3lt: SAM3LT_SKIP_CUDA_BUILD and SAM3LT_FORCE_CUDA_BUILD are both set")
+        _BUILD_NOTE = "pure Python (SAM3LT_SKIP_CUDA_BUILD is set)"
+        return []
+    try:
+        import torch
+    except ImportError:
+        return skip("torch is not importable (install torch first and use pip --no-build-isolation)")
+    if torch.version.cuda is None:
+        return skip(f"torch {torch.__version__} is not a CUDA build")
+    cuda_home = _find_cuda_home()
+    if cuda_home is None:
+        return skip("no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)")
+    # torch.utils.cpp_extension reads CUDA_HOME when it is imported, and TORCH_CUDA_ARCH_LIST when it builds
+    os.environ["CUDA_HOME"] = cuda_home
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or _DEFAULT_ARCHS
+    os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    import torch.utils.cpp_extension as cpp
+
+    cpp.CUDA_HOME = cuda_home  # in case it was imported before CUDA_HOME was set
+
+    includes = [os.path.join(_HERE, "csrc")] + _pip_cuda_includes()
+    # build metadata for sam3lt/_ext.py, for ops.cpp only (the C++ compiler: nvcc would split the ',' list), as
+    # bare tokens that ops.cpp stringizes (ninja runs the compilers through a shell)
+    arch_tokens = ",".join(a for a in archs.replace(";", " ").replace(",", " ").split() if a)
+    defines = [f"-DSAM3LT_TORCH_VERSION={torch.__version__}", f"-DSAM3LT_CUDA_ARCHS={arch_tokens}"]
+    ext = cpp.CUDAExtension(
+        name="sam3lt._C",
+        sources=[os.path.relpath(os.path.join(_HERE, "csrc", f), _HERE)
+                 for f in ("ops.cpp", "attention.cu", "repmixer.cu", "upsample.cu")],
+        include_dirs=includes,
+        extra_compile_args={
+            # no -std: BuildExtension adds the one this torch needs (C++17 or C++20; the sources take both)
+            "cxx": ["-O3"] + defines,
+            # no --use_fast_math: the element-wise kernels must round exactly as torch; the softmax uses
+            # ex2.approx explicitly (csrc/common.h: fast_exp2)
+            "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo"],
+        },
+    )
+    _CMDCLASS["build_ext"] = cpp.BuildExtension.with_options(use_ninja=True)
+    _BUILD_NOTE = (f"the CUDA extension sam3lt._C (archs {archs}, CUDA {torch.version.cuda}, "
+                   f"nvcc in {cuda_home}, torch {torch.__version__}, MAX_JOBS={os.environ.get('MAX_JOBS', 'all CPUs')})")
+    return [ext]
 
 
 ext_modules = _cuda_extensions()
-print(f"sam3lt: building {'the CUDA extension sam3lt._C' if ext_modules else 'pure Python (no CUDA extension)'}")
+print(f"sam3lt: building {_BUILD_NOTE}")
 
 setup(
     name="sam3lt",
@@ -41,4 +156,5 @@ setup(
     },
     entry_points={"console_scripts": ["sam3lt=sam3lt.cli:main"]},
     ext_modules=ext_modules,
+    cmdclass=_CMDCLASS,
 )

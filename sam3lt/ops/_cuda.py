@@ -1,5 +1,232 @@
-"""The cuda backend: ops of the compiled extension ``sam3lt._C`` (csrc/).
+"""The ``cuda`` backend: the ops of the compiled extension ``sam3lt._C`` (csrc/), ``torch.ops.sam3lt_C.*``.
 
-The extension is not built yet (CUDA-kernel issue), so nothing is registered and ``auto`` moves on to
-Triton or eager; forcing ``cuda`` raises BackendUnavailable naming the missing implementation.
+The extension is loaded by :mod:`sam3lt._ext`, which never raises; when it is missing or unusable every
+``supports()`` check here returns the recorded reason, so ``auto`` moves on (Triton, then eager) and a forced
+``cuda`` raises :class:`~sam3lt.ops.BackendUnavailable` with it. :func:`status` says whether the backend can run.
+
+Ops (schemas in csrc/ops.cpp; the same arguments as the public functions and the Triton ``sam3lt::`` ops):
+
+- ``sam3lt_C::repmixer_dwconv(Tensor x, Tensor weight, Tensor bias, bool residual) -> Tensor``
+- ``sam3lt_C::window_attention(Tensor qkv, Tensor cos, Tensor sin, int num_heads, int window_size,
+  Tensor? pad_value) -> Tensor``
+- ``sam3lt_C::box_bias_attention(Tensor q, Tensor k, Tensor v, Tensor bias_y, Tensor bias_x) -> Tensor``
+- ``sam3lt_C::masked_attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask) -> Tensor``
+- ``sam3lt_C::upsample_nearest_add(Tensor x, Tensor skip) -> Tensor``
+- ``sam3lt_C::masks_to_binary(Tensor mask_logits, int[] size, float threshold) -> Tensor``
+- ``mask_product`` has no kernel of its own: the cuda backend runs it with torch's matmul (cuBLAS), registered
+  with ``auto=False`` (under ``auto`` the eager reference, the same cuBLAS call, runs) so that a model forced to
+  ``cuda`` runs end to end.
+
+Head dims: multiples of 8 up to 128 (kernels instantiated for 16/32/64/128, smaller ones zero-padded).
+
+Registration: with a CUDA GPU present the implementations take part in ``auto`` (first choice); on a machine
+without one they are registered with ``auto=False``, so CPU-only runs do not warn about a backend that cannot
+exist there, while a forced ``cuda`` still raises with the reason.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .. import _ext
+from ._backend import register
+from .upsample import mask_product_reference
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+_INT32_MAX = 2**31 - 1
+OPS = ("repmixer_dwconv", "window_attention", "box_bias_attention", "masked_attention", "upsample_nearest_add",
+       "masks_to_binary")
+
+
+def status() -> tuple[bool, str]:
+    """(available, reason): whether the cuda backend can run here, and why not / what it runs on."""
+    return _ext.status()
+
+
+def extension_reason() -> str | None:
+    """None when ``sam3lt._C`` is loaded, else why not (no GPU check)."""
+    return None if _ext.EXT is not None else (_ext.IMPORT_ERROR or "sam3lt._C is not loaded")
+
+
+# ---------------------------------------------------------------- supports() checks
+
+def _common(tensors: Sequence[torch.Tensor], dtypes=_FLOATS) -> str | None:
+    """Checks shared by every op: extension loaded, float dtypes, all on one supported CUDA device."""
+    reason = extension_reason()
+    if reason is not None:
+        return reason
+    for t in tensors:
+        if t.dtype not in dtypes:
+            return f"unsupported dtype {t.dtype} (fp32, fp16 and bf16 are supported)"
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        return f"inputs are on different devices ({', '.join(sorted(str(d) for d in devices))})"
+    device = next(iter(devices))
+    if device.type != "cuda":
+        return f"inputs are on {'the CPU' if device.type == 'cpu' else device.type}; the CUDA kernels need CUDA tensors"
+    return _ext.device_reason(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _fits_int32(*values: int) -> str | None:
+    for v in values:
+        if v > _INT32_MAX:
+            return "a size exceeds 2**31 - 1 (the kernels index rows with int32)"
+    return None
+
+
+def _head_dim_reason(head_dim: int) -> str | None:
+    if head_dim % 8 or head_dim <= 0:
+        return f"head dim {head_dim} is not a multiple of 8"
+    if head_dim > 128:
+        return f"head dim {head_dim} > 128"
+    return None
+
+
+def _supports_repmixer(x, weight, bias, residual=True, *_):
+    if x.dim() != 3 or weight.dim() != 2 or bias.dim() != 1:
+        return "expects x (B, L, C), weight (C, K), bias (C,)"
+    channels, taps = weight.shape
+    if x.shape[-1] != channels or bias.shape[0] != channels:
+        return "x, weight and bias disagree on the channel count"
+    if taps % 2 == 0:
+        return f"even kernel size {taps} (only odd K has symmetric 'same' padding)"
+    if not (x.dtype == weight.dtype == bias.dtype):
+        return f"x, weight and bias dtypes differ ({x.dtype}, {weight.dtype}, {bias.dtype})"
+    return _common((x, weight, bias)) or _fits_int32(x.shape[1], channels)
+
+
+def _supports_window_attention(qkv, cos, sin, num_heads, window_size, pad_value=None, *_):
+    if qkv.dim() != 4 or cos.dim() != 2 or sin.dim() != 2:
+        return "expects qkv (B, H, W, 3·C) and cos/sin (T, D)"
+    batch, height, width, three_c = qkv.shape
+    if num_heads <= 0 or three_c % (3 * num_heads) != 0:
+        return f"qkv channels {three_c} are not 3 × num_heads ({num_heads}) × head_dim"
+    head_dim = three_c // (3 * num_heads)
+    reason = _head_dim_reason(head_dim)
+    if reason is not None:
+        return reason
+    if window_size < 0:
+        return f"negative window size {window_size}"
+    tokens = window_size * window_size if window_size > 0 else height * width
+    if tuple(cos.shape) != (tokens, head_dim) or tuple(sin.shape) != (tokens, head_dim):
+        return f"cos/sin must be ({tokens}, {head_dim}) for this window"
+    reason = _common((qkv,))
+    if reason is not None:
+        return reason
+    tables = [cos, sin] + ([pad_value] if pad_value is not None else [])
+    if pad_value is not None and (pad_value.dim() != 1 or pad_value.shape[0] != three_c):
+        return f"pad_value must be ({three_c},)"
+    for t in tables:
+        if t.device != qkv.device:
+            return f"inputs are on different devices ({qkv.device}, {t.device})"
+        if not t.dtype.is_floating_point:
+            return f"unsupported dtype {t.dtype} for cos/sin/pad_value"
+    return _fits_int32(tokens, batch * num_heads, three_c, height, width)
+
+
+def _check_qkv(q, k, v) -> str | None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return "expects q, k, v of shape (B, heads, L, D)"
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        return f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match"
+    if not (q.dtype == k.dtype == v.dtype):
+        return f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})"
+    return _head_dim_reason(q.shape[-1])
+
+
+def _supports_box_bias_attention(q, k, v, bias_y, bias_x, *_):
+    reason = _check_qkv(q, k, v)
+    if reason is not None:
+        return reason
+    if bias_y.dim() != 4 or bias_x.dim() != 4:
+        return "expects bias_y (B, heads, Lq, Hg) and bias_x (B, heads, Lq, Wg)"
+    if bias_y.shape[:3] != q.shape[:3] or bias_x.shape[:3] != q.shape[:3]:
+        return "bias_y / bias_x leading dims must be (B, heads, Lq)"
+    if bias_y.shape[-1] * bias_x.shape[-1] != k.shape[2]:
+        return f"keys ({k.shape[2]}) != Hg·Wg ({bias_y.shape[-1]}·{bias_x.shape[-1]})"
+    if bias_y.dtype != bias_x.dtype:
+        return f"bias_y and bias_x dtypes differ ({bias_y.dtype}, {bias_x.dtype})"
+    return _common((q, k, v, bias_y, bias_x)) or _fits_int32(q.shape[2], k.shape[2], q.shape[0] * q.shape[1])
+
+
+def _supports_masked_attention(q, k, v, key_padding_mask=None, *_):
+    reason = _check_qkv(q, k, v)
+    if reason is not None:
+        return reason
+    if key_padding_mask is not None:
+        if tuple(key_padding_mask.shape) != (k.shape[0], k.shape[2]):
+            return f"key_padding_mask must be (B, Lk) = ({k.shape[0]}, {k.shape[2]})"
+        if key_padding_mask.device != q.device:
+            return f"inputs are on different devices ({q.device}, {key_padding_mask.device})"
+        if key_padding_mask.dtype.is_complex:
+            return f"unsupported key_padding_mask dtype {key_padding_mask.dtype}"
+    return _common((q, k, v)) or _fits_int32(q.shape[2], k.shape[2], q.shape[0] * q.shape[1])
+
+
+def _supports_upsample_nearest_add(x, skip, *_):
+    if x.dim() != 4 or skip.dim() != 4 or x.shape[:2] != skip.shape[:2]:
+        return "expects x (B, C, h, w) and skip (B, C, H, W)"
+    if x.dtype != skip.dtype:
+        return f"x and skip dtypes differ ({x.dtype}, {skip.dtype})"
+    if (x.shape[-1] == 0 or x.shape[-2] == 0) and skip.numel() > 0:
+        return "empty input grid"
+    return _common((x, skip)) or _fits_int32(*x.shape[-2:], *skip.shape[-2:])
+
+
+def _supports_masks_to_binary(mask_logits, size, threshold=0.5, *_):
+    if mask_logits.dim() != 3 or len(size) != 2:
+        return "expects mask_logits (N, h, w) and size (H, W)"
+    if (mask_logits.shape[1] == 0 or mask_logits.shape[2] == 0) and mask_logits.shape[0] > 0:
+        return "empty input masks"
+    if int(size[0]) < 0 or int(size[1]) < 0:
+        return "negative output size"
+    return _common((mask_logits,)) or _fits_int32(*mask_logits.shape[1:], int(size[0]), int(size[1]))
+
+
+def _supports_mask_product(mask_embed, pixel_embed, *_):
+    if mask_embed.dim() != 3 or pixel_embed.dim() != 4:
+        return "expects mask_embed (B, Q, C) and pixel_embed (B, C, H, W)"
+    if mask_embed.dtype != pixel_embed.dtype:
+        return f"dtypes differ ({mask_embed.dtype}, {pixel_embed.dtype})"
+    return _common((mask_embed, pixel_embed))
+
+
+_SUPPORTS = {
+    "repmixer_dwconv": _supports_repmixer,
+    "window_attention": _supports_window_attention,
+    "box_bias_attention": _supports_box_bias_attention,
+    "masked_attention": _supports_masked_attention,
+    "upsample_nearest_add": _supports_upsample_nearest_add,
+    "masks_to_binary": _supports_masks_to_binary,
+}
+
+
+# ---------------------------------------------------------------- implementations
+
+def _impl(name: str):
+    def run(*args):
+        return getattr(torch.ops.sam3lt_C, name)(*args)
+
+    run.__name__ = f"sam3lt_C_{name}"
+    return run
+
+
+def _masks_to_binary(mask_logits, size, threshold):
+    return torch.ops.sam3lt_C.masks_to_binary(mask_logits, [int(s) for s in size], float(threshold))
+
+
+def _in_auto() -> bool:
+    """Take part in ``auto`` only where a CUDA GPU exists (see the module docstring)."""
+    try:
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover - a broken driver
+        return False
+
+
+_AUTO = _in_auto()
+for _name, _check in _SUPPORTS.items():
+    _fn = _masks_to_binary if _name == "masks_to_binary" else _impl(_name)
+    register(_name, "cuda", _fn, _check, auto=_AUTO)
+# mask_product: torch's cuBLAS matmul, only when cuda is named (auto runs the identical eager reference)
+register("mask_product", "cuda", mask_product_reference, _supports_mask_product, auto=False)
