@@ -64,6 +64,21 @@ class MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class PreNormAttentionLayer(nn.Module):
+    """The parameters of a pre-norm self-attention + cross-attention + MLP layer (HF keys layer_norm1..3,
+    self_attn, cross_attn, mlp), shared by the DETR encoder and geometry encoder layers; their forwards differ
+    in where position encodings and masks enter."""
+
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, act: str):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(hidden_size)
+        self.self_attn = Attention(hidden_size, num_heads)
+        self.cross_attn = Attention(hidden_size, num_heads)
+        self.layer_norm2 = nn.LayerNorm(hidden_size)
+        self.mlp = MLP(hidden_size, intermediate_size, act)
+        self.layer_norm3 = nn.LayerNorm(hidden_size)
+
+
 class DecoderMLP(nn.Module):
     """2- or 3-layer ReLU MLP (HF ``Sam3LiteTextDecoderMLP``: keys layer1/layer2/layer3)."""
 

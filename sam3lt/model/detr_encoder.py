@@ -5,19 +5,12 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..config import Sam3LiteTextDETREncoderConfig
-from .common import MLP, Attention
+from .common import PreNormAttentionLayer
 
 
-class DetrEncoderLayer(nn.Module):
+class DetrEncoderLayer(PreNormAttentionLayer):
     def __init__(self, config: Sam3LiteTextDETREncoderConfig):
-        super().__init__()
-        d, h = config.hidden_size, config.num_attention_heads
-        self.layer_norm1 = nn.LayerNorm(d)
-        self.self_attn = Attention(d, h)
-        self.cross_attn = Attention(d, h)
-        self.layer_norm2 = nn.LayerNorm(d)
-        self.mlp = MLP(d, config.intermediate_size, config.hidden_act)
-        self.layer_norm3 = nn.LayerNorm(d)
+        super().__init__(config.hidden_size, config.num_attention_heads, config.intermediate_size, config.hidden_act)
 
     def forward(self, x, pos, prompt, prompt_mask):
         h = self.layer_norm1(x)

@@ -8,19 +8,12 @@ import torch.nn as nn
 import torchvision
 
 from ..config import Sam3LiteTextGeometryEncoderConfig
-from .common import MLP, Attention, box_cxcywh_to_xyxy, encode_points_sine
+from .common import PreNormAttentionLayer, box_cxcywh_to_xyxy, encode_points_sine
 
 
-class GeometryEncoderLayer(nn.Module):
+class GeometryEncoderLayer(PreNormAttentionLayer):
     def __init__(self, config: Sam3LiteTextGeometryEncoderConfig):
-        super().__init__()
-        d, h = config.hidden_size, config.num_attention_heads
-        self.layer_norm1 = nn.LayerNorm(d)
-        self.self_attn = Attention(d, h)
-        self.cross_attn = Attention(d, h)
-        self.layer_norm2 = nn.LayerNorm(d)
-        self.mlp = MLP(d, config.intermediate_size, config.hidden_act)
-        self.layer_norm3 = nn.LayerNorm(d)
+        super().__init__(config.hidden_size, config.num_attention_heads, config.intermediate_size, config.hidden_act)
 
     def forward(self, prompt, prompt_mask, vision, vision_key):
         h = self.layer_norm1(prompt)
