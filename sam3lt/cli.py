@@ -12,6 +12,9 @@ title bar: its masks are meaningless, it only exercises the pipeline.
 
 Subcommands: each ``_add_<name>(subparsers)`` function below defines one and sets ``func``; list it in
 ``SUBCOMMANDS``.
+
+``sam3lt bench [--quick] [--out DIR]`` runs the benchmark suite of the source checkout (``bench/``): see
+``bench/suite.py``.
 """
 from __future__ import annotations
 
@@ -217,8 +220,68 @@ def _fail(message: str) -> int:
     return 2
 
 
+# ------------------------------------------------------------------------------------------------------- bench
+def bench_suite():
+    """The benchmark suite (``bench/suite.py`` of the source checkout; it is not installed with the package),
+    imported as ``sam3lt_bench``, or None when this sam3lt is not a source checkout. ``SAM3LT_BENCH_DIR`` may
+    point at another ``bench`` folder."""
+    import importlib
+    import importlib.util
+    import os
+
+    if "sam3lt_bench.suite" in sys.modules:
+        return sys.modules["sam3lt_bench.suite"]
+    folder = Path(os.environ.get("SAM3LT_BENCH_DIR") or Path(__file__).resolve().parent.parent / "bench")
+    if not (folder / "suite.py").is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("sam3lt_bench", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["sam3lt_bench"] = package
+    try:
+        spec.loader.exec_module(package)
+        return importlib.import_module("sam3lt_bench.suite")
+    except Exception:
+        sys.modules.pop("sam3lt_bench", None)
+        raise
+
+
+def _add_bench(subparsers) -> None:
+    description = ("Benchmark sam3lt against HF transformers: per-op microbenchmarks (every backend, bare SDPA), "
+                   "per-layer breakdown, end to end (latency, throughput, prompts per image, peak memory), HF "
+                   "torch.compile (GPU). Writes results.json, bench.md, summary.md and speedups.png to --out. On "
+                   "the CPU it runs reduced sizes and says so.")
+    p = subparsers.add_parser("bench", help="benchmark sam3lt against HF transformers (source checkout only)",
+                              description=description)
+    try:  # never let the suite break the other subcommands
+        suite = bench_suite()
+        error = None if suite else ("bench: the benchmark suite lives in the bench/ folder of a source checkout "
+                                    "(pip install -e .), which this install does not have")
+    except Exception as err:
+        suite, error = None, f"bench: the benchmark suite failed to import ({type(err).__name__}: {err})"
+    if suite is None:
+        def parse_any(args=None, namespace=None):  # take any arguments: the error below is the useful one
+            return argparse.ArgumentParser.parse_known_args(p, [], namespace)[0], []
+
+        p.parse_known_args = parse_any
+        p.set_defaults(func=lambda args: _fail(error))
+        return
+    suite.add_arguments(p)
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    try:
+        bench_suite().run(args)
+    except SystemExit as err:  # argument errors from the suite: same form as the other subcommands
+        if isinstance(err.code, str):
+            return _fail(err.code)
+        raise
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------------- main
-SUBCOMMANDS = [_add_segment]
+SUBCOMMANDS = [_add_segment, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

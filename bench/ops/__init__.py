@@ -1,0 +1,160 @@
+"""Per-op microbenchmarks: every registered backend of each ``sam3lt.ops`` op (``eager`` = the reference,
+``triton``, ``cuda``) and the baselines of its family, on the model's real shapes (GPU) or reduced ones (CPU).
+
+A backend that cannot run a case is not called: the dispatch is asked why (``unavailable_reason``) and the
+reason is recorded. Each backend's output is compared with the eager reference on the same inputs
+(``max_abs_err``; for boolean masks ``mismatch``, the fraction of differing pixels).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..common import DTYPES, compute_ceiling, error_text, free_cuda, is_oom, rotating, xformers_status
+from . import bench_attention, bench_cross_attention, bench_repmixer, bench_upsample
+from ._case import Case, nbytes
+
+FAMILIES = {
+    "attention": bench_attention,
+    "cross_attention": bench_cross_attention,
+    "repmixer": bench_repmixer,
+    "upsample": bench_upsample,
+}
+
+
+def select_cases(size: str, quick: bool, families=None) -> list[Case]:
+    out = []
+    for name, module in FAMILIES.items():
+        if families and name not in families:
+            continue
+        out.extend(c for c in module.cases(size) if size in c.sizes and (c.quick or not quick))
+    return out
+
+
+def count(ctx, families=None) -> int:
+    """Progress-bar steps: one per (case, dtype)."""
+    return len(select_cases(ctx.size, ctx.quick, families)) * len(ctx.dtypes)
+
+
+def _unavailable_reason(op: str, backend: str, args) -> str | None:
+    from sam3lt.ops import _backend
+
+    fn = getattr(_backend, "unavailable_reason", None)
+    if fn is not None:
+        return fn(op, backend, *args)
+    try:  # older dispatch without unavailable_reason: ask select() and read its error
+        _backend.select(op, backend, *args)
+    except Exception as err:  # BackendUnavailable
+        return str(err)
+    return None
+
+
+def _compare(ref, out) -> dict:
+    if not isinstance(ref, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return {}
+    if ref.shape != out.shape:
+        return {"check": f"shape {tuple(out.shape)} != eager {tuple(ref.shape)}"}
+    if ref.dtype == torch.bool:
+        return {"mismatch": float((ref != out).float().mean().item())}
+    return {"max_abs_err": float((ref.float() - out.float()).abs().max().item()) if ref.numel() else 0.0}
+
+
+def run(ctx, ceilings: dict, record, families=None) -> None:
+    """Run the cases; ``record(dict)`` is called once per (case, dtype, implementation)."""
+    import sam3lt.ops as ops
+
+    xops, xformers_reason = xformers_status(ctx.device)
+    copy_gbps = ceilings.get("copy", {}).get("GBps")
+    for case in select_cases(ctx.size, ctx.quick, families):
+        for dtype_name in ctx.dtypes:
+            ctx.tick(f"{case.op} {dtype_name}")
+            base = {"section": "ops", "family": case.family, "op": case.op, "case": case.name, "shape": case.shape,
+                    "dtype": dtype_name}
+            if ctx.out_of_time():
+                record({**base, "impl": "all", "kind": "backend", "status": "skipped",
+                        "reason": "time budget of the run exhausted"})
+                continue
+            dtype = DTYPES[dtype_name]
+            gen = torch.Generator(device=ctx.device).manual_seed(0)
+            try:
+                first = case.make(ctx.device, dtype, gen)
+                set_bytes = nbytes(*first)
+                call_with, sets = rotating(lambda i: first if i == 0 else case.make(ctx.device, dtype, gen),
+                                           set_bytes, ctx.device)
+            except Exception as err:
+                record({**base, "impl": "all", "kind": "backend", "status": "error",
+                        "reason": f"making inputs: {error_text(err)}"})
+                free_cuda()
+                continue
+            flops, moved = float(case.flops(first)), float(case.bytes(first))
+            peak, peak_dtype = compute_ceiling(ceilings, dtype_name)
+            base.update(flops=flops, bytes=moved, rotated_sets=len(sets))
+
+            def finish(entry, timing):
+                entry.update(status="ok", **timing.as_dict())
+                entry["TFLOPs"] = flops / timing.ms / 1e9
+                entry["GBps"] = moved / timing.ms / 1e6
+                if peak:
+                    entry["frac_compute"] = entry["TFLOPs"] / peak
+                    entry["compute_ceiling_dtype"] = peak_dtype
+                if copy_gbps:
+                    entry["frac_bandwidth"] = entry["GBps"] / copy_gbps
+                return entry
+
+            ref_out, eager_ms = None, None
+            op_fn = getattr(ops, case.op)
+            for backend in ctx.backends:
+                entry = {**base, "impl": backend, "kind": "backend"}
+                reason = _unavailable_reason(case.op, backend, first)
+                if reason is not None:
+                    record({**entry, "status": "unavailable", "reason": reason})
+                    continue
+                try:
+                    with torch.inference_mode():
+                        out = op_fn(*first, backend=backend)
+                        ctx.sync()
+                        if backend == "eager":
+                            ref_out = out
+                        elif ref_out is not None:
+                            entry.update(_compare(ref_out, out))
+                        del out
+                        timing = ctx.timer.op(call_with(lambda *a, _b=backend: op_fn(*a, backend=_b)))
+                    finish(entry, timing)
+                    if backend == "eager":
+                        eager_ms = timing.ms
+                    elif eager_ms:
+                        entry["speedup_vs_eager"] = eager_ms / timing.ms
+                except Exception as err:
+                    entry.update(status="oom" if is_oom(err) else "error", reason=error_text(err))
+                    free_cuda()
+                record(entry)
+            ref_out = None
+            for baseline in case.baselines:
+                entry = {**base, "impl": baseline.name, "kind": "baseline", "note": baseline.note}
+                reason = baseline.supports(ctx.device, dtype)
+                if reason is None and "xformers" in baseline.name and xops is None:
+                    reason = xformers_reason
+                if reason is not None:
+                    record({**entry, "status": "unavailable", "reason": reason})
+                    continue
+                try:
+                    prepared = [baseline.prepare(args) for args in sets]
+                    fn = prepared[0][0]
+                    state = {"i": 0}
+
+                    def run_baseline():
+                        bargs = prepared[state["i"]][1]
+                        state["i"] = (state["i"] + 1) % len(prepared)
+                        return fn(*bargs)
+
+                    with torch.inference_mode():
+                        timing = ctx.timer.op(run_baseline)
+                    finish(entry, timing)
+                    if eager_ms:
+                        entry["speedup_vs_eager"] = eager_ms / timing.ms
+                    del prepared
+                except Exception as err:
+                    entry.update(status="oom" if is_oom(err) else "error", reason=error_text(err))
+                    free_cuda()
+                record(entry)
+            del sets, first
+            free_cuda()

@@ -1,0 +1,516 @@
+"""Results: merge the section files of a run folder into ``results.json``, and write ``bench.md`` (everything),
+``summary.md`` (per-layer and end-to-end tables, for the README) and ``speedups.png`` (per-layer speedups;
+matplotlib when it is installed, otherwise a plain Pillow drawing).
+
+Every number in the tables comes from a record of the JSON; a cell that was not measured says why in a
+numbered footnote (unavailable backend, skipped, error), never a made-up value.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from .common import NOT_MEASURED, SCHEMA, SHORT
+from .layers import COMPONENTS, FULL, POSTPROCESS, ROWS, SAME
+
+SECTIONS = ("ops", "layers", "e2e", "compile")
+IMPL_LABELS = {"sam3lt:eager": "sam3lt eager", "sam3lt:triton": "sam3lt triton", "sam3lt:cuda": "sam3lt cuda",
+               "sam3lt:auto": "sam3lt auto", "hf:eager": "HF eager", "hf:compile": "HF compile"}
+SUM_ROW = "sum of components"
+
+
+# ------------------------------------------------------------------------------------------------ merge
+def load_sections(folder: Path) -> dict:
+    out = {}
+    for name in SECTIONS:
+        path = folder / f"{name}.json"
+        if path.exists():
+            out[name] = json.loads(path.read_text())
+    return out
+
+
+def merge(folder: Path) -> dict:
+    """One results dict from the section files in ``folder`` (each written by one process)."""
+    sections = load_sections(folder)
+    if not sections:
+        raise FileNotFoundError(f"no section results ({', '.join(s + '.json' for s in SECTIONS)}) in {folder}")
+    first = next(iter(sections.values()))
+    result = {"schema": SCHEMA, "run": dict(first["run"]), "env": first["env"], "settings": first["settings"],
+              "ceilings": {}, "sections": {}}
+    for name, data in sections.items():
+        if data.get("ceilings"):
+            result["ceilings"] = data["ceilings"]
+        result["sections"][name] = {"complete": data.get("complete", False), "records": data.get("records", []),
+                                    "elapsed_s": data.get("elapsed_s"), "run": data["run"]}
+    result["run"]["report_date"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    if result["env"].get("device_kind") != "cuda":
+        result["gpu"] = {"status": NOT_MEASURED,
+                         "note": "this is a CPU run; GPU numbers come from bench/gpu_check.sh on an H100/H200"}
+    return result
+
+
+def records(result: dict, section: str) -> list[dict]:
+    return [r for data in result["sections"].values() for r in data["records"] if r.get("section") == section]
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+def fmt_ms(ms) -> str:
+    if ms is None or not isinstance(ms, (int, float)) or not math.isfinite(ms):
+        return "—"
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
+
+
+def fmt_num(x, digits: int = 3) -> str:
+    if x is None or not math.isfinite(x):
+        return "—"
+    if x == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(x)))
+    decimals = max(0, digits - 1 - mag)
+    return f"{x:.{decimals}f}"
+
+
+def fmt_bytes(n) -> str:
+    if n is None:
+        return "n/a"
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.0f} MiB"
+
+
+def fmt_x(x) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.2f}×"
+
+
+class Notes:
+    """Numbered footnotes for cells that hold no number."""
+
+    def __init__(self):
+        self.items: list[str] = []
+
+    def ref(self, record: dict) -> str:
+        text = f"{record.get('status', '?')}: {record.get('reason', 'no reason recorded')}"
+        if text not in self.items:
+            self.items.append(text)
+        return f"{record.get('status', '?')} [{self.items.index(text) + 1}]"
+
+    def render(self) -> str:
+        return "".join(f"{i}. {t}\n" for i, t in enumerate(self.items, 1)) if self.items else ""
+
+
+def _cell(rec: dict | None, notes: Notes, key: str = "ms", fmt=fmt_ms) -> str:
+    if rec is None:
+        return "—"
+    if rec.get("status") == "ok":
+        return fmt(rec.get(key))
+    if rec.get("status") == SAME:
+        return "= eager"
+    return notes.ref(rec)
+
+
+def _impls(recs, order=tuple(IMPL_LABELS)) -> list[str]:
+    present = {r["impl"] for r in recs if r.get("impl") in IMPL_LABELS}
+    return [i for i in order if i in present]
+
+
+def _dtypes(recs) -> list[str]:
+    order = ["float32", "bfloat16", "float16"]
+    present = {r["dtype"] for r in recs if r.get("dtype")}
+    return [d for d in order if d in present]
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def header(result: dict) -> str:
+    env, run, settings = result["env"], result["run"], result["settings"]
+    commit = run.get("commit", "unknown") + (" (uncommitted changes)" if run.get("dirty") else "")
+    lines = [f"Device: **{env['device']}**. torch {env['torch']}, triton {env.get('triton') or 'n/a'}, "
+             f"transformers {env.get('transformers') or 'n/a'}, python {env['python']}; commit {commit}; "
+             f"{run.get('date', '')}."]
+    if env.get("device_kind") != "cuda":
+        lines.append(f"**CPU run at reduced sizes** ({settings.get('size_note', '')}). "
+                     f"GPU (H100/H200): **{NOT_MEASURED}**.")
+    model = settings.get("model") or {}
+    if model:
+        lines.append(f"Model: {model.get('image_size')}² images, ViT {model.get('vit_layers')}×{model.get('vit_width')} "
+                     f"(window {model.get('window_size')}, global {model.get('global_attn_indexes')}), text encoder "
+                     f"{settings.get('text', 's0').upper()} ({model.get('text_layers')} layers), "
+                     f"{model.get('queries')} queries, prompts of {model.get('prompt_tokens')} tokens "
+                     f"({model.get('valid_prompt_tokens')} valid); random weights (HF init), same weights in both "
+                     f"models; HF attention \"sdpa\"; TF32 {'on' if settings.get('tf32') else 'off'}.")
+    timer = settings.get("timing", {})
+    if timer:
+        lines.append(f"Timing: ops — {timer.get('ops')}; layers and models — {timer.get('layers_and_models')}.")
+    return "\n\n".join(lines) + "\n"
+
+
+def ceilings_table(result: dict) -> str:
+    c = result.get("ceilings") or {}
+    if not c:
+        return ""
+    rows = ["| ceiling | measured | what |", "|---|---|---|"]
+    if c.get("copy"):
+        rows.append(f"| memory bandwidth | {fmt_num(c['copy']['GBps'])} GB/s | {c['copy']['what']} |")
+    for name, m in c.get("matmul", {}).items():
+        rows.append(f"| {SHORT.get(name, name)} matmul | {fmt_num(m['TFLOPs'])} TFLOP/s | {m['what']} |")
+    return "\n".join(rows) + "\n"
+
+
+def layers_table(result: dict, dtype: str, notes: Notes) -> str:
+    recs = [r for r in records(result, "layers") if r.get("dtype") == dtype and r.get("impl") in IMPL_LABELS]
+    if not [r for r in recs if r.get("component") in ROWS]:
+        return ""
+    impls = _impls(recs)
+    whole = {r["impl"]: r for r in recs if r.get("component") == "all"}  # one record for every row of an impl
+    by = {}
+    for r in recs:
+        if r.get("component") in ROWS:
+            by[(r["component"], r["impl"])] = r
+    for impl, r in whole.items():
+        for comp in ROWS:
+            by.setdefault((comp, impl), r)
+    for (comp, impl), r in list(by.items()):  # op-free components: the eager time stands for every backend
+        if r.get("status") == SAME and by.get((comp, "sam3lt:eager"), {}).get("status") == "ok":
+            by[(comp, impl)] = {**by[(comp, "sam3lt:eager")], "status": "ok", "same_as_eager": True}
+    measured = {r["impl"] for r in by.values() if r.get("status") == "ok" and not r.get("same_as_eager")}
+    ours = [i for i in impls if i.startswith("sam3lt") and i in measured]
+    ref = "hf:eager" if "hf:eager" in measured else None
+    cols = [f"{IMPL_LABELS[i]} (ms)" for i in impls]
+    if ref:
+        cols += [f"{IMPL_LABELS[i]} vs HF eager" for i in ours]
+        if "hf:compile" in measured:
+            cols += [f"{IMPL_LABELS[i]} vs HF compile" for i in ours]
+    rows = ["| component | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+
+    def speed(comp, impl, base):
+        a, b = by.get((comp, base)), by.get((comp, impl))
+        if a and b and a.get("status") == b.get("status") == "ok":
+            return fmt_x(a["ms"] / b["ms"])
+        return "—"
+
+    sums = {}
+    for impl in impls:
+        parts = [by.get((name, impl)) for name, _ in COMPONENTS]
+        ok = [p for p in parts if p and p.get("status") == "ok"]
+        sums[impl] = sum(p["ms"] for p in ok) if ok and len(ok) == len(parts) else None
+    for comp in [name for name, _ in COMPONENTS] + [SUM_ROW, FULL, POSTPROCESS]:
+        if comp == SUM_ROW:
+            cells = [f"{fmt_ms(sums[i])}" if sums[i] is not None else "—" for i in impls]
+            if ref:
+                cells += [fmt_x(sums[ref] / sums[i]) if sums.get(ref) and sums[i] else "—" for i in ours]
+                if "hf:compile" in measured:
+                    cells += [fmt_x(sums["hf:compile"] / sums[i]) if sums.get("hf:compile") and sums[i] else "—"
+                              for i in ours]
+            rows.append(f"| *{comp}* | " + " | ".join(cells) + " |")
+            continue
+        cells = []
+        for i in impls:
+            rec = by.get((comp, i))
+            cells.append("= eager" if rec and rec.get("same_as_eager") else _cell(rec, notes))
+        if ref:
+            cells += [speed(comp, i, ref) for i in ours]
+            if "hf:compile" in measured:
+                cells += [speed(comp, i, "hf:compile") for i in ours]
+        name = f"**{comp}**" if comp == FULL else comp
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    compile_s = [f"{r['component']} {r['compile_s']:.0f} s" for r in recs
+                 if r.get("impl") == "hf:compile" and r.get("status") == "ok" and "compile_s" in r]
+    extra = ""
+    if any(r.get("same_as_eager") for r in by.values()):
+        extra += ("\n\"= eager\": the component calls no sam3lt.ops op, so every backend runs the eager code (its "
+                  "time is the eager column's; the sum of components uses it).\n")
+    if compile_s:
+        extra += f"\nHF torch.compile time per component: {', '.join(compile_s)}.\n"
+    return "\n".join(rows) + "\n" + extra
+
+
+def e2e_tables(result: dict, dtype: str, notes: Notes) -> str:
+    recs = [r for r in records(result, "e2e") if r.get("dtype") == dtype and r.get("impl") in IMPL_LABELS]
+    if not recs:
+        return ""
+    impls = _impls(recs)
+    out = []
+    by = {(r.get("kind"), r.get("images"), r.get("prompts"), r["impl"]): r for r in recs}
+    # latency
+    rows = ["| implementation | latency, batch 1 (ms) | peak memory | vs HF eager |", "|---|---|---|---|"]
+    hf = by.get(("images", 1, 1, "hf:eager"))
+    for impl in impls:
+        rec = by.get(("images", 1, 1, impl))
+        if rec is None:
+            continue
+        mem = fmt_bytes(rec.get("peak_bytes")) if rec.get("status") == "ok" else "—"
+        vs = fmt_x(hf["ms"] / rec["ms"]) if hf and rec.get("status") == hf.get("status") == "ok" else "—"
+        extra = f" (compile {rec['compile_s']:.0f} s)" if rec.get("compile_s") else ""
+        rows.append(f"| {IMPL_LABELS[impl]}{extra} | {_cell(rec, notes)} | {mem} | {vs} |")
+    out.append("Latency (one image, one prompt):\n\n" + "\n".join(rows) + "\n")
+    # throughput
+    batches = sorted({r["images"] for r in recs if r.get("kind") == "images"})
+    imps = [i for i in impls if any(k[0] == "images" and k[1] > 1 and k[3] == i for k in by)] or \
+        [i for i in impls if i != "hf:compile"]
+    if len(batches) > 1:
+        rows = ["| images per call | " + " | ".join(f"{IMPL_LABELS[i]} (images/s)" for i in imps) + " |",
+                "|---" * (len(imps) + 1) + "|"]
+        for b in batches:
+            rows.append(f"| {b} | " + " | ".join(_cell(by.get(("images", b, b, i)), notes, "images_per_s", fmt_num)
+                                                 for i in imps) + " |")
+        out.append("Throughput (B images, one prompt each):\n\n" + "\n".join(rows) + "\n")
+    # prompts per image
+    counts = sorted({r["prompts"] for r in recs if r.get("kind") == "prompts"} | ({1} if batches else set()))
+    if len(counts) > 1:
+        imps = [i for i in impls if i != "hf:compile"]
+        cols = [f"{IMPL_LABELS[i]} ms (prompts/s)" for i in imps] + [f"{IMPL_LABELS[i]} peak" for i in imps]
+        rows = ["| prompts | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for n in counts:
+            cells, mems = [], []
+            for i in imps:
+                rec = by.get(("prompts", 1, n, i)) or (by.get(("images", 1, 1, i)) if n == 1 else None)
+                if rec and rec.get("status") == "ok":
+                    cells.append(f"{fmt_ms(rec['ms'])} ({fmt_num(rec['prompts_per_s'])})")
+                    mems.append(fmt_bytes(rec.get("peak_bytes")))
+                else:
+                    cells.append(_cell(rec, notes))
+                    mems.append("—")
+            rows.append(f"| {n} | " + " | ".join(cells + mems) + " |")
+        out.append("One image, N prompts (sam3lt encodes the image once; HF gets the image repeated N times):\n\n"
+                   + "\n".join(rows) + "\n")
+    mem_kind = next((r.get("memory") for r in recs if r.get("memory")), None)
+    if mem_kind:
+        out.append(f"Peak memory: {mem_kind}.\n")
+    return "\n".join(out)
+
+
+def ops_table(result: dict, notes: Notes) -> str:
+    recs = records(result, "ops")
+    if not recs:
+        return ""
+    rows = ["| op | case | shape | dtype | implementation | ms | TFLOP/s | GB/s | % compute ceiling | "
+            "% bandwidth ceiling | vs eager | check vs eager |", "|---" * 12 + "|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in recs:
+        groups.setdefault((r["op"], r["case"], r["shape"], r["dtype"]), []).append(r)
+    for (op, case, shape, dtype), group in groups.items():
+        lead = f"| {op} | {case} | {shape} | {SHORT.get(dtype, dtype)} |"
+        for r in group:
+            if r.get("status") != "ok":
+                continue
+            impl = r["impl"] + (" (baseline)" if r.get("kind") == "baseline" else "")
+            check = ""
+            if "max_abs_err" in r:
+                check = f"max abs err {r['max_abs_err']:.2e}"
+            elif "mismatch" in r:
+                check = f"mismatch {r['mismatch']:.2e}"
+            elif "check" in r:
+                check = r["check"]
+            pct = lambda k: f"{100 * r[k]:.1f}%" if k in r else "—"  # noqa: E731
+            rows.append(f"{lead} {impl} | {fmt_ms(r['ms'])} | {fmt_num(r.get('TFLOPs'))} | {fmt_num(r.get('GBps'))} | "
+                        f"{pct('frac_compute')} | {pct('frac_bandwidth')} | {fmt_x(r.get('speedup_vs_eager'))} | "
+                        f"{check} |")
+        missing = [f"{r['impl']} {notes.ref(r)}" for r in group if r.get("status") != "ok"]
+        if missing:
+            rows.append(f"{lead} *not run:* {', '.join(missing)} | | | | | | | |")
+    return "\n".join(rows) + "\n"
+
+
+def completeness(result: dict) -> str:
+    parts = []
+    for name, data in result["sections"].items():
+        state = "complete" if data.get("complete") else "**incomplete** (stopped early: see the logs)"
+        elapsed = f", {data['elapsed_s']:.0f} s" if data.get("elapsed_s") else ""
+        parts.append(f"{name}: {state}{elapsed}")
+    return "Sections: " + "; ".join(parts) + ".\n"
+
+
+def markdown(result: dict, summary: bool = False) -> str:
+    notes = Notes()
+    name = result["run"].get("name", "run")
+    out = [f"### sam3lt benchmark: {name}\n" if summary else f"# sam3lt benchmark: {name}\n", header(result)]
+    layer_recs, e2e_recs = records(result, "layers"), records(result, "e2e")
+    for dtype in _dtypes(layer_recs + e2e_recs):
+        title = SHORT.get(dtype, dtype)
+        table = layers_table(result, dtype, notes)
+        if table:
+            out.append(f"{'####' if summary else '##'} Per layer, {title} (ms; speedup = HF time / sam3lt time)\n\n"
+                       + table)
+        table = e2e_tables(result, dtype, notes)
+        if table:
+            out.append(f"{'####' if summary else '##'} End to end, {title}\n\n" + table)
+    if not summary:
+        c = ceilings_table(result)
+        if c:
+            out.append("## Device ceilings, measured in this run\n\n" + c)
+        o = ops_table(result, notes)
+        if o:
+            out.append("## Per-op microbenchmarks\n\nFLOPs: attention 4·B·H·Lq·Lk·D; bytes: inputs + output once "
+                       "(effective bandwidth). Fractions are of the ceilings above (compute: the matmul of the same "
+                       "dtype where measured).\n\n" + o)
+        out.append(completeness(result))
+    if result.get("gpu", {}).get("status") == NOT_MEASURED:
+        out.append(f"GPU (H100/H200): {NOT_MEASURED} — run `OUT=<dir> bash bench/gpu_check.sh` on the GPU machine.\n")
+    if notes.items:
+        out.append(("Notes:\n\n" if summary else "## Notes\n\n") + notes.render())
+    if summary:
+        out.append("Full tables (per-op microbenchmarks, device ceilings): `bench.md` in this run's folder.\n")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------ plot
+def speedups(result: dict) -> dict:
+    """{dtype: {impl: {component: HF-eager ms / impl ms}}} for the per-layer rows both measured."""
+    out: dict = {}
+    recs = records(result, "layers")
+    for dtype in _dtypes(recs):
+        by = {(r["component"], r["impl"]): r for r in recs if r.get("dtype") == dtype and r.get("status") == "ok"}
+        per = {}
+        for impl in _impls([r for r in recs if r.get("dtype") == dtype]):
+            if impl == "hf:eager":
+                continue
+            vals = {}
+            for comp in ROWS:
+                a, b = by.get((comp, "hf:eager")), by.get((comp, impl))
+                if a and b and b["ms"] > 0:
+                    vals[comp] = a["ms"] / b["ms"]
+            if vals:
+                per[impl] = vals
+        if per:
+            out[dtype] = per
+    return out
+
+
+COLOURS = {"sam3lt:eager": (31, 119, 180), "sam3lt:triton": (255, 127, 14), "sam3lt:cuda": (44, 160, 44),
+           "sam3lt:auto": (148, 103, 189), "hf:compile": (127, 127, 127)}
+
+
+def plot(result: dict, path: Path, renderer: str = "auto") -> str:
+    """Write the per-layer speedup chart; returns the renderer used ("matplotlib", "pillow") or "none: why"."""
+    data = speedups(result)
+    if not data:
+        return "none: no per-layer rows measured for both HF eager and sam3lt"
+    title = f"sam3lt per-layer speedup over HF eager — {result['env']['device']}"
+    if result["env"].get("device_kind") != "cuda":
+        title += " (CPU, reduced sizes)"
+    why = "matplotlib not asked for"
+    if renderer in ("auto", "matplotlib"):
+        try:
+            _plot_matplotlib(data, path, title)
+            return "matplotlib"
+        except ImportError:
+            if renderer == "matplotlib":
+                raise
+            why = "matplotlib is not installed"
+        except Exception as err:  # a broken matplotlib install: fall back rather than lose the plot
+            if renderer == "matplotlib":
+                raise
+            why = f"matplotlib failed: {type(err).__name__}: {str(err)[:80]}"
+    _plot_pillow(data, path, title.replace("—", "-"))
+    return f"pillow ({why})"
+
+
+def _plot_matplotlib(data, path, title) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(data), figsize=(6.5 * len(data), 5.5), squeeze=False)
+    for ax, (dtype, per) in zip(axes[0], data.items()):
+        comps = [c for c in ROWS if any(c in v for v in per.values())]
+        height = 0.8 / max(1, len(per))
+        for k, (impl, vals) in enumerate(per.items()):
+            ys = [i + k * height for i, c in enumerate(comps) if c in vals]
+            xs = [vals[c] for c in comps if c in vals]
+            ax.barh(ys, xs, height=height, label=IMPL_LABELS[impl], color=[v / 255 for v in COLOURS.get(impl, (0, 0, 0))])
+        ax.set_yticks([i + 0.4 - height / 2 for i in range(len(comps))], comps)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xlabel("speedup over HF eager (×, higher is better)")
+        ax.set_title(SHORT.get(dtype, dtype))
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_pillow(data, path, title) -> None:
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=13)
+    except (TypeError, OSError):
+        font = ImageFont.load_default()
+    label_w, plot_w, bar_h, pad = 150, 420, 9, 12
+    panels = []
+    for dtype, per in data.items():
+        comps = [c for c in ROWS if any(c in v for v in per.values())]
+        group_h = bar_h * len(per) + 8
+        h = 40 + group_h * len(comps) + 30 + 16 * len(per)
+        img = Image.new("RGB", (label_w + plot_w + 70 + 2 * pad, h), "white")
+        d = ImageDraw.Draw(img)
+        d.text((pad, 6), SHORT.get(dtype, dtype), fill="black", font=font)
+        vmax = max(max(v.values()) for v in per.values())
+        vmax = max(1.5, vmax * 1.1)
+        x0 = pad + label_w
+        scale = plot_w / vmax
+        y = 30
+        for comp in comps:
+            d.text((pad, y + max(0, (group_h - 8) // 2 - 7)), comp, fill="black", font=font)
+            for k, (impl, vals) in enumerate(per.items()):
+                if comp in vals:
+                    yy = y + k * bar_h
+                    d.rectangle([x0, yy, x0 + vals[comp] * scale, yy + bar_h - 2], fill=COLOURS.get(impl, (0, 0, 0)))
+                    d.text((x0 + vals[comp] * scale + 3, yy - 3), f"{vals[comp]:.2f}x", fill="black", font=font)
+            y += group_h
+        one = x0 + scale
+        d.line([one, 26, one, y], fill="black", width=1)
+        d.text((one - 8, y + 2), "1x", fill="black", font=font)
+        y += 20
+        for k, impl in enumerate(per):
+            d.rectangle([x0, y + 16 * k + 3, x0 + 12, y + 16 * k + 13], fill=COLOURS.get(impl, (0, 0, 0)))
+            d.text((x0 + 18, y + 16 * k), IMPL_LABELS[impl] + " vs HF eager", fill="black", font=font)
+        panels.append(img)
+    probe = ImageDraw.Draw(panels[0])
+    lines, line = [], ""
+    for word in title.split(" "):  # wrap the title to the panels' width
+        trial = f"{line} {word}".strip()
+        if line and probe.textlength(trial, font=font) > sum(p.width for p in panels) - 2 * pad:
+            lines.append(line)
+            trial = word
+        line = trial
+    lines.append(line)
+    top = 10 + 17 * len(lines)
+    width = sum(p.width for p in panels)
+    height = max(p.height for p in panels) + top
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, text in enumerate(lines):
+        draw.text((pad, 6 + 17 * i), text, fill="black", font=font)
+    x = 0
+    for p in panels:
+        canvas.paste(p, (x, top))
+        x += p.width
+    canvas.save(path)
+
+
+# ------------------------------------------------------------------------------------------------ write
+def write(folder: Path, plot_renderer: str = "auto") -> dict:
+    """Merge ``folder``'s section files and write results.json, bench.md, summary.md and speedups.png."""
+    folder = Path(folder)
+    result = merge(folder)
+    png = folder / "speedups.png"
+    try:
+        result["run"]["plot"] = plot(result, png, plot_renderer)
+    except Exception as err:  # a broken matplotlib must not lose the tables
+        result["run"]["plot"] = f"none: {type(err).__name__}: {err}"
+    if not result["run"]["plot"].startswith(("matplotlib", "pillow")) and png.exists():
+        png.unlink()
+    (folder / "results.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    (folder / "bench.md").write_text(markdown(result))
+    (folder / "summary.md").write_text(markdown(result, summary=True))
+    return result
