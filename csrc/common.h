@@ -85,6 +85,7 @@ template <typename T>
 SAM3LT_DEVICE void load8(const T* p, int64_t stride, bool vec, float (&v)[8]) {
   if (vec) {
 #ifdef SAM3LT_EMULATE
+    if (stride != 1 || reinterpret_cast<uintptr_t>(p) % 16 != 0) ::sam3lt_emu::fail("load8: misaligned vector load");
     for (int i = 0; i < 8; ++i) v[i] = to_float(p[i]);
 #else
     if constexpr (sizeof(T) == 2) {
@@ -109,6 +110,7 @@ SAM3LT_DEVICE void load8(const T* p, int64_t stride, bool vec, float (&v)[8]) {
 template <typename T>
 SAM3LT_DEVICE void store8(T* p, const float (&v)[8]) {
 #ifdef SAM3LT_EMULATE
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) ::sam3lt_emu::fail("store8: misaligned vector store");
   for (int i = 0; i < 8; ++i) p[i] = from_float<T>(v[i]);
 #else
   if constexpr (sizeof(T) == 2) {

@@ -10,10 +10,10 @@ and the ``cuda`` backend of :mod:`sam3lt.ops` passes the reason on (``auto`` mov
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 import os
+import sys
 
 import torch
 
@@ -30,7 +30,11 @@ def _load() -> None:
     if os.environ.get("SAM3LT_DISABLE_CUDA_EXT", "").strip().lower() in ("1", "true", "yes", "on"):
         IMPORT_ERROR = "the CUDA extension is disabled by SAM3LT_DISABLE_CUDA_EXT"
         return
-    if importlib.util.find_spec("sam3lt._C") is None:
+    try:
+        missing = "sam3lt._C" not in sys.modules and importlib.util.find_spec("sam3lt._C") is None
+    except (ImportError, ValueError):
+        missing = False  # let the import below report it
+    if missing:
         IMPORT_ERROR = ("the CUDA extension sam3lt._C is not built (installed without a CUDA toolkit or with "
                         f"SAM3LT_SKIP_CUDA_BUILD=1); {_REBUILD}")
         return
@@ -80,11 +84,20 @@ def arch_supported(capability: tuple[int, int]) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=None)
+_DEVICE_REASONS: dict[int, str | None] = {}
+
+
 def device_reason(index: int) -> str | None:
-    """None if the extension can run on CUDA device ``index``, else why not."""
+    """None if the extension can run on CUDA device ``index``, else why not (cached per device; a plain dict
+    rather than functools.lru_cache, so that torch.compile traces the backend's supports() checks cleanly)."""
     if EXT is None:
         return IMPORT_ERROR
+    if index not in _DEVICE_REASONS:
+        _DEVICE_REASONS[index] = _device_reason(index)
+    return _DEVICE_REASONS[index]
+
+
+def _device_reason(index: int) -> str | None:
     capability = torch.cuda.get_device_capability(index)
     if capability < (8, 0):
         return f"the CUDA kernels need compute capability 8.0 or newer (cuda:{index} is sm_{capability[0]}{capability[1]})"
