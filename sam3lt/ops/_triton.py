@@ -2,8 +2,9 @@
 
 Each op is a ``torch.library.triton_op`` whose body allocates the output and launches the kernel through
 ``torch.library.wrap_triton``, so ``torch.compile`` (fullgraph) and make_fx trace into the kernel launch and
-``torch.library.opcheck`` applies; the op body doubles as its fake (meta) implementation. Without Triton the
-ops are not defined and every ``supports`` check returns "triton is not installed".
+``torch.library.opcheck`` applies; the op body doubles as its fake (meta) implementation. A plain eager call
+(real tensors, no tracing, no autograd needed) runs the op body directly and so skips the custom-op dispatch.
+Without Triton the ops are not defined and every ``supports`` check returns "triton is not installed".
 
 Interpreter (``TRITON_INTERPRET=1``): CPU tensors are accepted only while the variable is set *and* the kernels
 were built for the interpreter (the variable was already set when ``triton`` was first imported). Interpreted
@@ -295,6 +296,7 @@ _SUPPORTS = {
     "mask_product": _supports_mask_product,
     "masks_to_binary": _supports_masks_to_binary,
 }
+
 
 def _checked(check):
     def supports(*args):
