@@ -92,9 +92,15 @@ def test_unknown_backend_name(how, monkeypatch):
             ops.repmixer_dwconv(x, w, b)
 
 
-def test_forced_backend_without_implementation():
+def test_forced_backend_without_implementation(toy_op):
+    name, _ = toy_op
+    with pytest.raises(ops.BackendUnavailable, match=f"cuda backend has no implementation of {name}"):
+        _backend.dispatch(name, "cuda", torch.randn(3))
+
+
+def test_forced_cuda_on_cpu_tensors_raises():
     x, w, b = _dwconv_args()
-    with pytest.raises(ops.BackendUnavailable, match="cuda backend has no implementation of repmixer_dwconv"):
+    with pytest.raises(ops.BackendUnavailable, match="backend 'cuda' cannot run these inputs"):
         ops.repmixer_dwconv(x, w, b, backend="cuda")
 
 
