@@ -2,7 +2,8 @@
 
 The model calls only these functions; backend choice lives in :mod:`sam3lt.ops._backend`.
 """
-from ._backend import BACKENDS, BackendUnavailable, get_backend, register, select, set_backend, use_backend
+from ._backend import (BACKENDS, BackendUnavailable, explain, get_backend, register, select, set_backend,
+                       set_missing_check, use_backend)
 from .attention import apply_rope, rotate_pairwise, window_attention, window_attention_reference
 from .cross_attention import (box_bias_attention, box_bias_attention_reference, masked_attention,
                               masked_attention_reference)
@@ -14,7 +15,7 @@ from . import _triton  # noqa: F401  (registers the triton backend: sam3lt:: cus
 from . import _cuda  # noqa: F401  (registers the cuda backend: ops of the compiled sam3lt._C)
 
 __all__ = [
-    "BACKENDS", "BackendUnavailable", "get_backend", "register", "select", "set_backend", "use_backend",
+    "BACKENDS", "BackendUnavailable", "explain", "set_missing_check", "get_backend", "register", "select", "set_backend", "use_backend",
     "apply_rope", "rotate_pairwise", "window_attention", "window_attention_reference",
     "box_bias_attention", "box_bias_attention_reference", "masked_attention", "masked_attention_reference",
     "repmixer_dwconv", "repmixer_dwconv_reference",

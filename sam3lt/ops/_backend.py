@@ -6,9 +6,11 @@ precedence: the ``backend=`` argument of an op call, the innermost :func:`use_ba
 
 Each backend registers, per op, an implementation and a ``supports(*args) -> str | None`` check that returns
 ``None`` when it can take the inputs, or a readable reason when it cannot. Under ``auto`` a backend that
-cannot take an input is skipped (one warning per op and reason) and the next one runs; a backend forced by
-name that cannot run raises :class:`BackendUnavailable` with its reason (while ``torch.compile`` traces, the
-fallback is silent: a warning would break the graph). An implementation registered with
+cannot take an input is skipped and the next one runs; a backend that is *missing* altogether (package not
+installed, extension not built: :func:`set_missing_check`) is reported by one warning per backend, the first
+time it would have served CUDA inputs (never while ``torch.compile`` traces: a warning would break the graph).
+:func:`explain` says which backend runs an op on given inputs and why the others do not. A backend forced by
+name that cannot run raises :class:`BackendUnavailable` with its reason. An implementation registered with
 ``auto=False`` runs only when its backend is asked for by name (``auto`` passes over it silently): for a
 kernel that works but is not the fastest choice, e.g. the Triton mask-product GEMM against cuBLAS.
 
@@ -23,6 +25,8 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
 
 BACKENDS = ("cuda", "triton", "eager")
 _CHOICES = ("auto",) + BACKENDS
@@ -42,7 +46,8 @@ class _Impl:
 _REGISTRY: dict[str, dict[str, _Impl]] = {}
 _state = threading.local()
 _global_choice: str | None = None
-_warned: set[tuple[str, str, str]] = set()
+_warned: set[str] = set()
+_MISSING_CHECKS: dict[str, Callable[[], str | None]] = {}
 
 
 def _check_choice(name: str, where: str) -> str:
@@ -104,6 +109,26 @@ def _compiling() -> bool:
         return False
 
 
+def set_missing_check(backend: str, check: Callable[[], str | None]) -> None:
+    """Tell the dispatch how to ask whether ``backend`` is missing altogether (package not installed, extension
+    not built): ``check()`` returns None when present, else why not."""
+    _MISSING_CHECKS[_check_choice(backend, "set_missing_check")] = check
+
+
+def _warn_missing(backend: str, args) -> None:
+    """``auto`` warns once per backend when a backend that would serve CUDA inputs is missing. A backend that
+    merely does not take these inputs (CPU tensors for a GPU backend, an unsupported dtype or shape) is passed
+    over silently: that is the dispatch working, not a problem to report."""
+    if backend in _warned or not any(isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args):
+        return
+    check = _MISSING_CHECKS.get(backend)
+    reason = check() if check is not None else None
+    if reason is not None:
+        _warned.add(backend)
+        warnings.warn(f"sam3lt: the {backend} backend is unavailable ({reason}); falling back to the next backend",
+                      stacklevel=4)
+
+
 def unavailable_reason(op: str, backend: str, *args) -> str | None:
     """None if ``backend`` can run ``op`` on these inputs, else why not."""
     impl = _REGISTRY.get(op, {}).get(backend)
@@ -127,12 +152,21 @@ def select(op: str, backend: str | None, *args) -> tuple[str, Callable]:
         reason = unavailable_reason(op, name, *args)
         if reason is None:
             return name, _REGISTRY[op][name].fn
-        if name != "eager" and op in _REGISTRY and name in _REGISTRY[op] and not _compiling():
-            key = (op, name, reason)
-            if key not in _warned:
-                _warned.add(key)
-                warnings.warn(f"sam3lt: {op}: {name} backend skipped ({reason}); falling back", stacklevel=3)
+        if impl is not None and not _compiling():
+            _warn_missing(name, args)
     raise BackendUnavailable(f"{op}: no backend can run these inputs")
+
+
+def explain(op: str, *args) -> dict[str, str]:
+    """For each backend, "runs" / "available" or the reason it cannot run ``op`` on these inputs (for users
+    asking why a kernel did not run; ``auto`` picks the first that can, in the order of :data:`BACKENDS`)."""
+    out = {}
+    for name in BACKENDS:
+        reason = unavailable_reason(op, name, *args)
+        out[name] = "available" if reason is None else reason
+    chosen, _ = select(op, "auto", *args)
+    out[chosen] = "runs"
+    return out
 
 
 def dispatch(op: str, backend: str | None, *args):

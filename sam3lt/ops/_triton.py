@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import kernels as _kernels
-from ._backend import register
+from ._backend import register, set_missing_check
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _INT32_LIMIT = 2**31 - 1
@@ -310,3 +310,4 @@ def _checked(check):
 
 for _name, _check in _SUPPORTS.items():
     register(_name, "triton", _impl(_name), _checked(_check), auto=_name != "mask_product")
+set_missing_check("triton", lambda: TRITON_MISSING)
