@@ -19,9 +19,9 @@ Ops (schemas in csrc/ops.cpp; the same arguments as the public functions and the
 
 Head dims: multiples of 8 up to 128 (kernels instantiated for 16/32/64/128, smaller ones zero-padded).
 
-Registration: with a CUDA GPU present the implementations take part in ``auto`` (first choice); on a machine
-without one they are registered with ``auto=False``, so CPU-only runs do not warn about a backend that cannot
-exist there, while a forced ``cuda`` still raises with the reason.
+Under ``auto`` the cuda implementations are the first choice; inputs they do not take (CPU tensors, other dtypes
+or head dims) pass silently to the next backend, and a missing or unusable extension is reported by the dispatch
+once, the first time it would have served CUDA inputs (:func:`missing_reason`, ``set_missing_check``).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import _ext
-from ._backend import register
+from ._backend import register, set_missing_check
 from .upsample import mask_product_reference
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -205,28 +205,29 @@ _SUPPORTS = {
 # ---------------------------------------------------------------- implementations
 
 def _impl(name: str):
-    def run(*args):
-        return getattr(torch.ops.sam3lt_C, name)(*args)
+    if _ext.EXT is not None:
+        op = getattr(torch.ops.sam3lt_C, name).default  # the overload itself: less Python per call than the packet
+        if name == "masks_to_binary":
+            return lambda logits, size, threshold: op(logits, [int(s) for s in size], float(threshold))
+        return op
 
-    run.__name__ = f"sam3lt_C_{name}"
-    return run
+    def missing(*args):  # pragma: no cover - supports() rejects first
+        raise RuntimeError(f"sam3lt_C::{name}: {extension_reason()}")
 
-
-def _masks_to_binary(mask_logits, size, threshold):
-    return torch.ops.sam3lt_C.masks_to_binary(mask_logits, [int(s) for s in size], float(threshold))
-
-
-def _in_auto() -> bool:
-    """Take part in ``auto`` only where a CUDA GPU exists (see the module docstring)."""
-    try:
-        return torch.cuda.is_available()
-    except Exception:  # pragma: no cover - a broken driver
-        return False
+    return missing
 
 
-_AUTO = _in_auto()
+def missing_reason() -> str | None:
+    """None when the extension is loaded and has code for the current GPU, else why the cuda backend is missing
+    (asked by the dispatch only when CUDA inputs fall back)."""
+    reason = extension_reason()
+    if reason is None and torch.cuda.is_available():
+        reason = _ext.device_reason(torch.cuda.current_device())
+    return reason
+
+
 for _name, _check in _SUPPORTS.items():
-    _fn = _masks_to_binary if _name == "masks_to_binary" else _impl(_name)
-    register(_name, "cuda", _fn, _check, auto=_AUTO)
+    register(_name, "cuda", _impl(_name), _check)
 # mask_product: torch's cuBLAS matmul, only when cuda is named (auto runs the identical eager reference)
 register("mask_product", "cuda", mask_product_reference, _supports_mask_product, auto=False)
+set_missing_check("cuda", missing_reason)
