@@ -65,7 +65,12 @@ def _common(tensors: Sequence[torch.Tensor], dtypes=_FLOATS) -> str | None:
     device = next(iter(devices))
     if device.type != "cuda":
         return f"inputs are on {'the CPU' if device.type == 'cpu' else device.type}; the CUDA kernels need CUDA tensors"
-    return _ext.device_reason(device.index if device.index is not None else torch.cuda.current_device())
+    index = device.index if device.index is not None else 0  # CUDA tensors always carry their index
+    if index not in _ext._DEVICE_REASONS and torch.compiler.is_compiling():
+        # not known yet and torch.compile is tracing: do not query the device inside the trace (an unsupported
+        # architecture then fails at launch with CUDA's "no kernel image" error instead of falling back)
+        return None
+    return _ext.device_reason(index)
 
 
 def _fits_int32(*values: int) -> str | None:
