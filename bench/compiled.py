@@ -13,8 +13,8 @@ import time
 import torch
 
 from .common import DTYPES, PeakMemory, error_text, free_cuda, is_oom
-from .layers import COMPONENTS, FULL, capture_hf, module_at
-from .models import make_inputs, param_bytes
+from .layers import COMPONENTS, capture_hf, module_at
+from .models import input_bytes, make_inputs, param_bytes
 
 SKIPPED_CPU = "skipped on CPU (torch.compile is measured on GPU only)"
 
@@ -99,7 +99,7 @@ def run(ctx, record, hf, config, budget_s: float) -> None:
                 timing = ctx.timer.call(lambda: compiled(**inputs))
                 peak = mem.peak()
             entry.update(status="ok", **timing.as_dict(), images_per_s=1e3 / timing.ms, prompts_per_s=1e3 / timing.ms,
-                         peak_bytes=int(peak - before + param_bytes(hf)),
+                         peak_bytes=int(peak - before + param_bytes(hf) + input_bytes(inputs)),
                          memory="weights + inputs + peak working memory (CUDA allocator)")
         except Exception as err:
             entry.update(status="oom" if is_oom(err) else "error", reason=error_text(err))

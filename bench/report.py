@@ -43,7 +43,9 @@ def merge(folder: Path) -> dict:
         if data.get("ceilings"):
             result["ceilings"] = data["ceilings"]
         result["sections"][name] = {"complete": data.get("complete", False), "records": data.get("records", []),
-                                    "elapsed_s": data.get("elapsed_s"), "run": data["run"]}
+                                    "elapsed_s": data.get("elapsed_s"), "run": data["run"],
+                                    "load_average": [data.get("env", {}).get("load_average_at_start"),
+                                                     data.get("load_average_at_end")]}
     result["run"]["report_date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     if result["env"].get("device_kind") != "cuda":
         result["gpu"] = {"status": NOT_MEASURED,
@@ -83,6 +85,8 @@ def fmt_bytes(n) -> str:
         return "n/a"
     if n >= 2**30:
         return f"{n / 2**30:.2f} GiB"
+    if n < 2**20:
+        return "<1 MiB"
     return f"{n / 2**20:.0f} MiB"
 
 
@@ -135,8 +139,12 @@ def header(result: dict) -> str:
              f"transformers {env.get('transformers') or 'n/a'}, python {env['python']}; commit {commit}; "
              f"{run.get('date', '')}."]
     if env.get("device_kind") != "cuda":
+        loads = [x for s in result["sections"].values() for x in (s.get("load_average") or []) if x]
+        load = (f" The machine's 1-minute load average ranged {min(x[0] for x in loads):.1f}–"
+                f"{max(x[0] for x in loads):.1f} over the run on {env.get('cpu_cores', '?')} cores: CPU timings are "
+                f"indicative only." if loads else "")
         lines.append(f"**CPU run at reduced sizes** ({settings.get('size_note', '')}). "
-                     f"GPU (H100/H200): **{NOT_MEASURED}**.")
+                     f"GPU (H100/H200): **{NOT_MEASURED}**.{load}")
     model = settings.get("model") or {}
     if model:
         lines.append(f"Model: {model.get('image_size')}² images, ViT {model.get('vit_layers')}×{model.get('vit_width')} "
@@ -239,16 +247,18 @@ def e2e_tables(result: dict, dtype: str, notes: Notes) -> str:
     out = []
     by = {(r.get("kind"), r.get("images"), r.get("prompts"), r["impl"]): r for r in recs}
     # latency
-    rows = ["| implementation | latency, batch 1 (ms) | peak memory | vs HF eager |", "|---|---|---|---|"]
-    hf = by.get(("images", 1, 1, "hf:eager"))
+    refs = [i for i in ("hf:eager", "hf:compile") if by.get(("images", 1, 1, i), {}).get("status") == "ok"]
+    rows = ["| implementation | latency, batch 1 (ms) | peak memory | "
+            + " | ".join(f"vs {IMPL_LABELS[r]}" for r in refs) + " |", "|---" * (3 + len(refs)) + "|"]
     for impl in impls:
         rec = by.get(("images", 1, 1, impl))
         if rec is None:
             continue
-        mem = fmt_bytes(rec.get("peak_bytes")) if rec.get("status") == "ok" else "—"
-        vs = fmt_x(hf["ms"] / rec["ms"]) if hf and rec.get("status") == hf.get("status") == "ok" else "—"
+        ok = rec.get("status") == "ok"
+        mem = fmt_bytes(rec.get("peak_bytes")) if ok else "—"
+        vs = [fmt_x(by[("images", 1, 1, r)]["ms"] / rec["ms"]) if ok else "—" for r in refs]
         extra = f" (compile {rec['compile_s']:.0f} s)" if rec.get("compile_s") else ""
-        rows.append(f"| {IMPL_LABELS[impl]}{extra} | {_cell(rec, notes)} | {mem} | {vs} |")
+        rows.append(f"| {IMPL_LABELS[impl]}{extra} | {_cell(rec, notes)} | {mem} | " + " | ".join(vs) + " |")
     out.append("Latency (one image, one prompt):\n\n" + "\n".join(rows) + "\n")
     # throughput
     batches = sorted({r["images"] for r in recs if r.get("kind") == "images"})

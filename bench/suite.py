@@ -101,7 +101,10 @@ class SectionWriter:
         self.save()
 
     def finish(self) -> None:
+        from .common import loadavg
+
         self.data["complete"] = True
+        self.data["load_average_at_end"] = loadavg()
         self.save()
 
     def save(self) -> None:
@@ -181,6 +184,10 @@ def run(args: argparse.Namespace) -> dict:
                 "postprocess": "post_process_instance_segmentation, all queries kept (threshold -1), masks > 0.5"}
     header = {"schema": "sam3lt-bench/1", "run": run_info, "env": environment(device), "settings": settings}
     where = "GPU" if cuda else "CPU"
+    load = header["env"].get("load_average_at_start")
+    if not cuda and load and torch.get_num_threads() > 1 and load[0] > 0.5 * (os.cpu_count() or 1):
+        print(f"sam3lt bench: warning: the machine is busy (load average {load[0]:.1f} on {os.cpu_count()} cores); "
+              f"multi-threaded CPU timings will be noisy (--threads 1 is steadier)", file=sys.stderr)
     print(f"sam3lt bench: {header['env']['device']} — {where} run, "
           f"{'REDUCED SIZES: ' if size != 'full' else ''}{SIZE_NOTES[size]}; writing {out}", file=sys.stderr)
 
