@@ -3,8 +3,9 @@ transformers' model carrying the same weights.
 
 Method: one forward of each model (one image, one text prompt plus one box prompt, so that the geometry
 encoder runs) with forward *pre*-hooks that capture the positional and keyword arguments of each component;
-then each component is called directly with its captured inputs and timed (see ``bench.common.Timer``). The
-hooks are removed before timing, so nothing else is measured. Components:
+then each component is called directly with its captured inputs and timed (see ``bench.common.Timer``), row by
+row with every implementation in turn so that machine noise hits them alike. The hooks are removed before
+timing, so nothing else is measured. Components:
 
     vision backbone (ViT)   vision_encoder.backbone        DETR encoder    detr_encoder
     neck (FPN)              vision_encoder.neck            DETR decoder    detr_decoder
@@ -115,7 +116,7 @@ def backend_registered(backend: str) -> str | None:
         registry = _backend._REGISTRY
     except (ImportError, AttributeError):  # pragma: no cover
         return None
-    if any(backend in impls for impls in registry.values()):
+    if backend == "auto" or any(backend in impls for impls in registry.values()):
         return None
     return f"the {backend} backend registers no op in this build (sam3lt.ops has no {backend} implementation)"
 
@@ -133,7 +134,7 @@ def our_postprocessor():
 
 
 def count(ctx) -> int:
-    return len(ctx.dtypes) * (len(ctx.backends) + 1)
+    return len(ctx.dtypes) * (len(COMPONENTS) + 2)
 
 
 def _cast(models, dtype) -> None:
@@ -153,24 +154,22 @@ def capture_hf(hf, config, ctx, dtype, record_error):
 SAME = "same as eager"
 
 
-def time_components(ctx, record, base: dict, model, captured, backend: str | None,
-                    ops_used: dict | None = None) -> None:
-    """Time each captured component of ``model`` (under ``backend`` for sam3lt; None for HF). A component that
+def time_component(ctx, base: dict, model, captured, backend: str | None, label: str, path: str,
+                   ops_used: dict | None = None, why_missing: dict | None = None) -> dict:
+    """Time one captured component of ``model`` (under ``backend`` for sam3lt; None for HF). A component that
     dispatches no ``sam3lt.ops`` op runs the same code under every backend: it is timed under eager only."""
-    for label, path in COMPONENTS:
-        entry = {**base, "component": label, "module": path}
-        if path not in captured:
-            record({**entry, "status": "unavailable", "reason": "not called in the captured forward"})
-            continue
-        if ops_used is not None:
-            entry["ops"] = ops_used.get(path)
-            if backend not in (None, "eager") and path in ops_used and not ops_used[path]:
-                record({**entry, "status": SAME, "reason": "this component calls no sam3lt.ops op: the same code "
-                                                            "runs under every backend (see the eager column)"})
-                continue
-        args, kwargs = captured[path]
-        module = module_at(model, path)
-        record(run_timed(ctx, entry, lambda: module(*args, **kwargs), backend))
+    entry = {**base, "component": label, "module": path}
+    if path not in captured:
+        reason = (why_missing or {}).get(path, "not called in the captured forward")
+        return {**entry, "status": "unavailable", "reason": reason}
+    if ops_used is not None:
+        entry["ops"] = ops_used.get(path)
+        if backend not in (None, "eager") and path in ops_used and not ops_used[path]:
+            return {**entry, "status": SAME, "reason": "this component calls no sam3lt.ops op: the same code runs "
+                                                       "under every backend (see the eager column)"}
+    args, kwargs = captured[path]
+    module = module_at(model, path)
+    return run_timed(ctx, entry, lambda: module(*args, **kwargs), backend)
 
 
 def run_timed(ctx, entry: dict, fn, backend: str | None, budget_s: float | None = None) -> dict:
@@ -202,7 +201,7 @@ def run(ctx, record, hf, ours, config) -> None:
         _cast((hf, ours), dtype)
         base0 = {"section": "layers", "dtype": dtype_name}
         if ctx.out_of_time():
-            for _ in range(len(ctx.backends) + 1):
+            for _ in range(len(COMPONENTS) + 2):
                 ctx.tick("skipped")
             record({**base0, "impl": "all", "component": "all", "status": "skipped",
                     "reason": "time budget of the run exhausted"})
@@ -213,9 +212,12 @@ def run(ctx, record, hf, ours, config) -> None:
         except Exception as err:
             hf_cap, hf_out, hf_box = None, None, False
             errors.append(err)
-        for err in errors:
-            record({**base0, "impl": "hf:eager", "component": "geometry encoder" if hf_cap else "all",
-                    "status": "error", "reason": f"HF forward with a box prompt: {error_text(err)}"})
+        why_missing = {}
+        if hf_cap is None:
+            record({**base0, "impl": "hf:eager", "component": "all", "status": "error",
+                    "reason": f"HF forward: {error_text(errors[-1])}"})
+        elif errors:  # HF could not take the box prompt here: both models run text only, geometry unmeasured
+            why_missing["geometry_encoder"] = f"HF forward with a box prompt failed: {error_text(errors[0])}"
         inputs = make_inputs(config, 1, 1, ctx.device, dtype, box=hf_box or hf_cap is None)
         ops_used: dict = {}
         try:
@@ -227,8 +229,8 @@ def run(ctx, record, hf, ours, config) -> None:
                     "reason": f"capturing the inputs: {error_text(err)}"})
         runs = [(f"sam3lt:{b}", ours, our_cap, our_out, b) for b in ctx.backends] + [
             ("hf:eager", hf, hf_cap, hf_out, None)]
+        todo = []
         for impl, model, captured, outputs, backend in runs:
-            ctx.tick(f"layers {impl} {dtype_name}")
             if captured is None:
                 continue
             base = {**base0, "impl": impl, "box_prompt": bool(hf_box)}
@@ -236,15 +238,25 @@ def run(ctx, record, hf, ours, config) -> None:
             if missing is not None:
                 record({**base, "component": "all", "status": "unavailable", "reason": missing})
                 continue
-            time_components(ctx, record, base, model, captured, backend, ops_used if backend else None)
             if backend is None:
-                post = lambda: hf_post.post_process_instance_segmentation(outputs, -1.0, 0.5, [target])  # noqa: E731
+                post = functools.partial(hf_post.post_process_instance_segmentation, outputs, -1.0, 0.5, [target])
             else:
-                post = lambda: our_post.post_process_instance_segmentation(  # noqa: E731
-                    outputs, threshold=-1.0, mask_threshold=0.5, target_sizes=[target])
-            record(run_timed(ctx, {**base, "component": POSTPROCESS, "module": f"processor, {target[0]}×{target[1]}"},
-                             post, backend))
-            record(run_timed(ctx, {**base, "component": FULL, "module": "forward"}, lambda: model(**inputs), backend))
+                post = functools.partial(our_post.post_process_instance_segmentation, outputs, threshold=-1.0,
+                                         mask_threshold=0.5, target_sizes=[target])
+            todo.append((base, model, captured, backend, post))
+        # Row by row, every implementation in turn: machine noise hits them alike.
+        for label, path in COMPONENTS + [(POSTPROCESS, None), (FULL, None)]:
+            ctx.tick(f"layers {label} {dtype_name}")
+            for base, model, captured, backend, post in todo:
+                if path is not None:
+                    record(time_component(ctx, base, model, captured, backend, label, path,
+                                          ops_used if backend else None, why_missing))
+                elif label == POSTPROCESS:
+                    record(run_timed(ctx, {**base, "component": label,
+                                           "module": f"processor, {target[0]}×{target[1]}"}, post, backend))
+                else:
+                    record(run_timed(ctx, {**base, "component": label, "module": "forward"},
+                                     functools.partial(model, **inputs), backend))
         del hf_cap, hf_out, our_cap, our_out
         free_cuda()
     _cast((hf, ours), torch.float32)

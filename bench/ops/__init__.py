@@ -39,7 +39,7 @@ def _unavailable_reason(op: str, backend: str, args) -> str | None:
     from sam3lt.ops import _backend
 
     fn = getattr(_backend, "unavailable_reason", None)
-    if fn is not None:
+    if fn is not None and backend != "auto":
         return fn(op, backend, *args)
     try:  # older dispatch without unavailable_reason: ask select() and read its error
         _backend.select(op, backend, *args)
