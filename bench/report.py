@@ -19,6 +19,8 @@ SECTIONS = ("ops", "layers", "e2e", "compile")
 IMPL_LABELS = {"sam3lt:eager": "sam3lt eager", "sam3lt:triton": "sam3lt triton", "sam3lt:cuda": "sam3lt cuda",
                "sam3lt:auto": "sam3lt auto", "hf:eager": "HF eager", "hf:compile": "HF compile"}
 SUM_ROW = "sum of components"
+GPU_ROWS = ("per-op microbenchmarks (fp32, bf16)", "per-layer breakdown (fp32, bf16)", "latency, batch 1 (fp32, bf16)",
+            "throughput, batch 1/4/8", "one image, 1/4/16/64 prompts", "peak memory")
 
 
 # ------------------------------------------------------------------------------------------------ merge
@@ -49,7 +51,8 @@ def merge(folder: Path) -> dict:
     result["run"]["report_date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     if result["env"].get("device_kind") != "cuda":
         result["gpu"] = {"status": NOT_MEASURED,
-                         "note": "this is a CPU run; GPU numbers come from bench/gpu_check.sh on an H100/H200"}
+                         "note": "this is a CPU run; GPU numbers come from bench/gpu_check.sh on an H100/H200",
+                         "rows": {what: NOT_MEASURED for what in GPU_ROWS}}
     return result
 
 
@@ -362,7 +365,12 @@ def markdown(result: dict, summary: bool = False) -> str:
                        "dtype where measured).\n\n" + o)
         out.append(completeness(result))
     if result.get("gpu", {}).get("status") == NOT_MEASURED:
-        out.append(f"GPU (H100/H200): {NOT_MEASURED} — run `OUT=<dir> bash bench/gpu_check.sh` on the GPU machine.\n")
+        rows = ["| GPU (H100/H200), real model shapes | sam3lt (eager / triton / cuda) | HF eager | HF compile |",
+                "|---|---|---|---|"]
+        rows += [f"| {what} | {NOT_MEASURED} | " + ("— | — |" if what.startswith("per-op") else
+                                                       f"{NOT_MEASURED} | {NOT_MEASURED} |") for what in GPU_ROWS]
+        out.append(f"{'####' if summary else '##'} GPU\n\n" + "\n".join(rows) + "\n\nThese come from "
+                   "`OUT=<dir> bash bench/gpu_check.sh` on the GPU machine; none has been run for this table.\n")
     if notes.items:
         out.append(("Notes:\n\n" if summary else "## Notes\n\n") + notes.render())
     if summary:

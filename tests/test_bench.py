@@ -114,6 +114,8 @@ def test_markdown_tables(quick_run):
     md = (out / "bench.md").read_text()
     summary = (out / "summary.md").read_text()
     assert "CPU run at reduced sizes" in md and "not yet measured" in md and "not yet measured" in summary
+    gpu_rows = [line for line in summary.splitlines() if line.startswith("| latency, batch 1")]
+    assert gpu_rows and "not yet measured" in gpu_rows[0]  # GPU rows say so; no number is made up
     header = next(line for line in md.splitlines() if line.startswith("| component |"))
     columns = [c.strip() for c in header.strip("|").split("|")]
     eager_col, hf_col = columns.index("sam3lt eager (ms)"), columns.index("HF eager (ms)")
