@@ -104,7 +104,9 @@ def _cuda_extensions():
 
     cpp.CUDA_HOME = cuda_home  # in case it was imported before CUDA_HOME was set
 
-    includes = [os.path.join(_HERE, "csrc")] + _pip_cuda_includes()
+    # the toolkit's own headers first: the pip packages' copies only fill in what a minimal toolkit lacks
+    # (a pip cuda_runtime.h of another minor version must not shadow the one matching nvcc)
+    includes = [os.path.join(_HERE, "csrc"), os.path.join(cuda_home, "include")] + _pip_cuda_includes()
     # build metadata for sam3lt/_ext.py, for ops.cpp only (the C++ compiler: nvcc would split the ',' list), as
     # bare tokens that ops.cpp stringizes (ninja runs the compilers through a shell)
     arch_tokens = ",".join(a for a in archs.replace(";", " ").replace(",", " ").split() if a)
