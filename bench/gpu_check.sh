@@ -16,7 +16,8 @@
 # --cpu-dry-run: pip --dry-run (nothing installed), pytest --collect-only, and the bench at the CPU --quick sizes
 # with fewer cases; it checks that the script and every command in it are sound. Environment knobs:
 # PYTHON (default python, else python3), GPU_CHECK_BUDGET_S, GPU_CHECK_BENCH_ARGS (extra arguments for every bench
-# section), GPU_CHECK_SKIP (comma-separated stage names to skip, e.g. "build,tests").
+# section), GPU_CHECK_SKIP (comma-separated stage names to skip, e.g. "build,tests,bench-compile"), and the stage
+# limits GPU_CHECK_{BUILD,TESTS,OPS,LAYERS,E2E}_S (defaults 170, 120, 70, 60, 100 s; compile gets what is left).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,7 @@ DRY=0
 for arg in "$@"; do
   case "$arg" in
     --cpu-dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $arg (expected --cpu-dry-run)" >&2; exit 2 ;;
   esac
 done
@@ -114,7 +115,7 @@ if (( ! DRY )) && ! awk -F'\t' '$1 == "build" && $2 == "0" {ok = 1} END {exit !o
   SAM3LT_SKIP_CUDA_BUILD=1 stage build-pure 60 "$PY" -m pip install --no-build-isolation --no-deps -e .
 fi
 stage probe 40 "$PY" -m bench.probe --out "$OUT/env/probe.json" --size "$PROBE_SIZE"
-stage tests 130 "${TESTS[@]}"
+stage tests "${GPU_CHECK_TESTS_S:-120}" "${TESTS[@]}"
 cp "$OUT/logs/tests.log" "$OUT/tests/pytest.log" 2>/dev/null
 # Bench sections: each a process of its own with a --time-budget-s a little under its timeout, so that it
 # normally ends by itself (recording the cases it had no time for as skipped) before `timeout` would kill it.
@@ -125,9 +126,9 @@ bench_stage() {
   local inner=$(( limit > 40 ? limit - 15 : limit * 2 / 3 ))
   stage "bench-$section" "$limit" "${BENCH[@]}" --sections "$section" --time-budget-s "$inner" "$@"
 }
-bench_stage ops 80
-bench_stage layers 70
-bench_stage e2e 100
+bench_stage ops "${GPU_CHECK_OPS_S:-70}"
+bench_stage layers "${GPU_CHECK_LAYERS_S:-60}"
+bench_stage e2e "${GPU_CHECK_E2E_S:-100}"
 COMPILE_LEFT=$(( $(left) - REPORT_RESERVE ))
 bench_stage compile "$COMPILE_LEFT" --compile-budget-s $(( COMPILE_LEFT > 60 ? COMPILE_LEFT - 40 : 20 ))
 stage report 20 "$PY" -m sam3lt.cli bench --out "$OUT/bench" --name gpu-check --report-only

@@ -354,6 +354,10 @@ def markdown(result: dict, summary: bool = False) -> str:
         table = e2e_tables(result, dtype, notes)
         if table:
             out.append(f"{'####' if summary else '##'} End to end, {title}\n\n" + table)
+        left_out = [r for r in layer_recs + e2e_recs if r.get("dtype") == dtype and r.get("impl") == "all"]
+        if left_out:
+            out.append("Left out (" + title + "): " + "; ".join(
+                f"{r['section']}: {r.get('reason', r.get('status'))}" for r in left_out) + ".\n")
     if not summary:
         c = ceilings_table(result)
         if c:
