@@ -233,7 +233,10 @@ def layers_table(result: dict, dtype: str, notes: Notes) -> str:
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     compile_s = [f"{r['component']} {r['compile_s']:.0f} s" for r in recs
                  if r.get("impl") == "hf:compile" and r.get("status") == "ok" and "compile_s" in r]
-    extra = ""
+    box = any(r.get("box_prompt") for r in recs)
+    extra = ("\nEach component is called on its own with the inputs it received in one forward (captured with "
+             f"forward pre-hooks): one image, one text prompt{' and one box prompt' if box else ''}. HF's scoring "
+             "scores the queries of every decoder layer, sam3lt's only the last layer's (all the outputs use).\n")
     if any(r.get("same_as_eager") for r in by.values()):
         extra += ("\n\"= eager\": the component calls no sam3lt.ops op, so every backend runs the eager code (its "
                   "time is the eager column's; the sum of components uses it).\n")
