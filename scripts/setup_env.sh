@@ -15,4 +15,4 @@ pipi "torch==2.14.1" "torchvision==0.29.1" ninja setuptools wheel
 # --no-build-isolation: setup.py imports the installed torch to build the CUDA extension against it.
 # transformers is pinned for the reference tests: parity is checked against this exact release.
 pipi --no-build-isolation -e ".[test]" "transformers==5.23.*"
-python -c "import torch, torchvision, triton, transformers, sam3lt; print('sam3lt', sam3lt.__version__, '| torch', torch.__version__, '| triton', triton.__version__, '| transformers', transformers.__version__)"
+python -c "import torch, torchvision, triton, transformers, sam3lt, sam3lt._ext as ext; print('sam3lt', sam3lt.__version__, '| torch', torch.__version__, '| triton', triton.__version__, '| transformers', transformers.__version__, '| CUDA extension:', ext.status())"
