@@ -188,7 +188,7 @@ def measure_ceilings(device: torch.device, timer: Timer, quick: bool) -> dict:
     t = timer.op(lambda: y.copy_(x))
     out["copy"] = {"bytes": 2 * x.numel() * 4, "ms": t.ms, "GBps": 2 * x.numel() * 4 / t.ms / 1e6,
                    "what": f"y.copy_(x), {x.numel() * 4 / 2**20:.0f} MiB fp32, bytes read + written"}
-    del x, y
+    x = y = None  # free before the matmuls
     dtypes = ("bfloat16", "float32")  # bf16 on the CPU too: with AMX/AVX512-BF16 it beats the fp32 ceiling
     for name in dtypes:
         n = (8192 if not quick or name == "bfloat16" else 4096) if cuda else 2048
@@ -198,7 +198,7 @@ def measure_ceilings(device: torch.device, timer: Timer, quick: bool) -> dict:
         out["matmul"][name] = {"n": n, "ms": t.ms, "TFLOPs": 2 * n**3 / t.ms / 1e9,
                                "what": f"{n}x{n} @ {n}x{n} {name}" + (", TF32 off" if cuda and name == "float32"
                                                                      else "")}
-        del a, b
+        a = b = None
     return out
 
 

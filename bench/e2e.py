@@ -127,7 +127,7 @@ def run(ctx, record, hf, ours, config, batches, prompts) -> None:
                 if is_hf:
                     hf_cache[(call_images, n_prompts)] = result
                 record({**entry, **result})
-                del inputs
+                inputs = None
                 free_cuda()
     hf.to(torch.float32)
     ours.to(torch.float32)

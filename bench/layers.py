@@ -257,6 +257,6 @@ def run(ctx, record, hf, ours, config) -> None:
                 else:
                     record(run_timed(ctx, {**base, "component": label, "module": "forward"},
                                      functools.partial(model, **inputs), backend))
-        del hf_cap, hf_out, our_cap, our_out
+        hf_cap = hf_out = our_cap = our_out = todo = None
         free_cuda()
     _cast((hf, ours), torch.float32)

@@ -151,10 +151,10 @@ def run(ctx, ceilings: dict, record, families=None) -> None:
                     finish(entry, timing)
                     if eager_ms:
                         entry["speedup_vs_eager"] = eager_ms / timing.ms
-                    del prepared
+                    prepared = None
                 except Exception as err:
                     entry.update(status="oom" if is_oom(err) else "error", reason=error_text(err))
                     free_cuda()
                 record(entry)
-            del sets, first
+            sets = first = None
             free_cuda()
