@@ -470,7 +470,7 @@ def _plot_pillow(data, path, title) -> None:
         font = ImageFont.load_default(size=13)
     except (TypeError, OSError):
         font = ImageFont.load_default()
-    label_w, plot_w, bar_h, pad = 150, 420, 9, 12
+    label_w, plot_w, bar_h, pad = 150, 420, 15, 12
     panels = []
     for dtype, per in data.items():
         comps = [c for c in ROWS if any(c in v for v in per.values())]
@@ -489,8 +489,8 @@ def _plot_pillow(data, path, title) -> None:
             for k, (impl, vals) in enumerate(per.items()):
                 if comp in vals:
                     yy = y + k * bar_h
-                    d.rectangle([x0, yy, x0 + vals[comp] * scale, yy + bar_h - 2], fill=COLOURS.get(impl, (0, 0, 0)))
-                    d.text((x0 + vals[comp] * scale + 3, yy - 3), f"{vals[comp]:.2f}x", fill="black", font=font)
+                    d.rectangle([x0, yy, x0 + vals[comp] * scale, yy + bar_h - 3], fill=COLOURS.get(impl, (0, 0, 0)))
+                    d.text((x0 + vals[comp] * scale + 3, yy - 1), f"{vals[comp]:.2f}x", fill="black", font=font)
             y += group_h
         one = x0 + scale
         d.line([one, 26, one, y], fill="black", width=1)
