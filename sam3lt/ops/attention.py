@@ -15,9 +15,18 @@ def rotate_pairwise(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in fp32, result cast back to ``x.dtype`` (as HF's ``apply_rotary_pos_emb_2d``)."""
+    """RoPE in fp32, result cast back to ``x.dtype`` (as HF's ``apply_rotary_pos_emb_2d``):
+    ``x·cos + rotate_pairwise(x)·sin``, i.e. for each channel pair (e, o)
+
+        out_e = x_e·cos_e − x_o·sin_e,    out_o = x_o·cos_o + x_e·sin_o
+
+    written pair-wise into one output (two passes instead of the five of the literal formula)."""
     xf = x.float()
-    return (xf * cos + rotate_pairwise(xf) * sin).to(x.dtype)
+    out = torch.empty(xf.shape, dtype=torch.float32, device=x.device)
+    x_e, x_o, out_e, out_o = xf[..., 0::2], xf[..., 1::2], out[..., 0::2], out[..., 1::2]
+    torch.mul(x_e, cos[..., 0::2], out=out_e).addcmul_(x_o, sin[..., 0::2], value=-1)
+    torch.mul(x_o, cos[..., 1::2], out=out_o).addcmul_(x_e, sin[..., 1::2])
+    return out.to(x.dtype)
 
 
 def window_attention_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int,
@@ -44,12 +53,12 @@ def window_attention_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.
     q, k, v = qkv.view(qkv.shape[0], tokens, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, T, D), scale D**-0.5
-    out = out.transpose(1, 2).reshape(-1, tokens, channels)
-    if window_size > 0:
-        out = out.view(batch, hp // window_size, wp // window_size, window_size, window_size, channels)
-        out = out.permute(0, 1, 3, 2, 4, 5).reshape(batch, hp, wp, channels)
-        out = out[:, :height, :width]
-    return out.reshape(batch, height, width, channels).contiguous()
+    if window_size == 0:
+        return out.transpose(1, 2).reshape(batch, height, width, channels)
+    # merge heads and unpartition in one copy: (B, nH, nW, heads, ws, ws, D) -> (B, nH, ws, nW, ws, heads, D)
+    out = out.view(batch, hp // window_size, wp // window_size, num_heads, window_size, window_size, head_dim)
+    out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(batch, hp, wp, channels)
+    return out[:, :height, :width].contiguous()
 
 
 def window_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int, window_size: int,
