@@ -19,14 +19,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     ``x·cos + rotate_pairwise(x)·sin``, i.e. for each channel pair (e, o)
 
         out_e = x_e·cos_e − x_o·sin_e,    out_o = x_o·cos_o + x_e·sin_o
-
-    written pair-wise into one output (two passes instead of the five of the literal formula)."""
+    """
     xf = x.float()
-    out = torch.empty(xf.shape, dtype=torch.float32, device=x.device)
-    x_e, x_o, out_e, out_o = xf[..., 0::2], xf[..., 1::2], out[..., 0::2], out[..., 1::2]
-    torch.mul(x_e, cos[..., 0::2], out=out_e).addcmul_(x_o, sin[..., 0::2], value=-1)
-    torch.mul(x_o, cos[..., 1::2], out=out_o).addcmul_(x_e, sin[..., 1::2])
-    return out.to(x.dtype)
+    if x.device.type == "cpu" and _paired(cos) and _paired(sin):
+        # HF's tables repeat each angle for both channels of a pair: then this is one complex product, about
+        # 3x faster on the CPU than the literal formula (the check reads the table, a free sync on the CPU).
+        angles = torch.complex(cos[..., 0::2].float(), sin[..., 0::2].float())
+        rotated = torch.view_as_complex(xf.unflatten(-1, (-1, 2)).contiguous()) * angles
+        return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
+    return (xf * cos + rotate_pairwise(xf) * sin).to(x.dtype)
+
+
+def _paired(table: torch.Tensor) -> bool:
+    return torch.equal(table[..., 0::2], table[..., 1::2])
 
 
 def window_attention_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int,
@@ -38,14 +43,20 @@ def window_attention_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.
     if window_size > 0:
         pad_h = (window_size - height % window_size) % window_size
         pad_w = (window_size - width % window_size) % window_size
-        if pad_h or pad_w:
-            padded = qkv.new_empty(batch, height + pad_h, width + pad_w, three_c)
-            padded[:] = 0 if pad_value is None else pad_value.to(qkv.dtype)
-            padded[:, :height, :width] = qkv
-            qkv = padded
         hp, wp = height + pad_h, width + pad_w
-        qkv = qkv.view(batch, hp // window_size, window_size, wp // window_size, window_size, three_c)
-        qkv = qkv.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size * window_size, three_c)
+        rows, cols = hp // window_size, wp // window_size
+        if pad_h or pad_w:
+            # partition straight into pad-filled windows (one copy of the real tokens, no padded grid)
+            windows = qkv.new_empty(batch, rows, cols, window_size, window_size, three_c)
+            windows[:] = 0 if pad_value is None else pad_value.to(qkv.dtype)
+            for i in range(rows):
+                for j in range(cols):
+                    block = qkv[:, i * window_size:(i + 1) * window_size, j * window_size:(j + 1) * window_size]
+                    windows[:, i, j, :block.shape[1], :block.shape[2]] = block
+            qkv = windows.view(-1, window_size * window_size, three_c)
+        else:
+            qkv = qkv.view(batch, rows, window_size, cols, window_size, three_c)
+            qkv = qkv.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size * window_size, three_c)
     else:
         hp, wp = height, width
         qkv = qkv.reshape(batch, height * width, three_c)
