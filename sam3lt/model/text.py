@@ -3,7 +3,7 @@
 RepMixer blocks (first and last layer when ``use_repmixer_blocks``) are inference-folded: the token mixer
 ``x + γ₁·(BN(conv(x)) + BN_skip(x) − BN_ref(x))`` is one depthwise conv with bias plus the residual, and the
 conv FFN's ``BN(dwconv(x))`` is one depthwise conv with bias, its layer scale γ₂ folded into ``fc2``. Both
-convolutions run through :func:`sam3lt.ops.repmixer_dwconv`. An unfolded block keeps HF's parameters (and
+convolutions run through :func:`sam3lt.ops.repmixer_block_dwconv` (one kernel for both). An unfolded block keeps HF's parameters (and
 keys) and folds them on the fly in every forward, so both forms share one code path.
 """
 from __future__ import annotations
@@ -141,8 +141,7 @@ class RepMixerBlock(nn.Module):
     def forward(self, x, key_padding_mask=None):
         # The convolutions see padded prompt tokens like any other token, as in HF: no mask here.
         p = self._params()
-        x = ops.repmixer_dwconv(x, p["mixer_weight"], p["mixer_bias"], residual=True)
-        y = ops.repmixer_dwconv(x, p["dw_weight"], p["dw_bias"], residual=False)
+        x, y = ops.repmixer_block_dwconv(x, p["mixer_weight"], p["mixer_bias"], p["dw_weight"], p["dw_bias"])
         y = F.linear(self.act(F.linear(y, p["fc1_weight"], p["fc1_bias"])), p["fc2_weight"], p["fc2_bias"])
         return x + y
 

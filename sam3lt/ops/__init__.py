@@ -7,7 +7,8 @@ from ._backend import (BACKENDS, BackendUnavailable, explain, get_backend, regis
 from .attention import apply_rope, rotate_pairwise, window_attention, window_attention_reference
 from .cross_attention import (box_bias_attention, box_bias_attention_reference, masked_attention,
                               masked_attention_reference)
-from .repmixer import repmixer_dwconv, repmixer_dwconv_reference
+from .repmixer import (repmixer_block_dwconv, repmixer_block_dwconv_reference, repmixer_dwconv,
+                       repmixer_dwconv_reference)
 from .upsample import (mask_product, mask_product_reference, masks_to_binary, masks_to_binary_reference,
                        upsample_nearest_add, upsample_nearest_add_reference)
 from . import _eager  # noqa: F401  (registers the eager backend)
@@ -18,7 +19,7 @@ __all__ = [
     "BACKENDS", "BackendUnavailable", "explain", "set_missing_check", "get_backend", "register", "select", "set_backend", "use_backend",
     "apply_rope", "rotate_pairwise", "window_attention", "window_attention_reference",
     "box_bias_attention", "box_bias_attention_reference", "masked_attention", "masked_attention_reference",
-    "repmixer_dwconv", "repmixer_dwconv_reference",
+    "repmixer_dwconv", "repmixer_dwconv_reference", "repmixer_block_dwconv", "repmixer_block_dwconv_reference",
     "mask_product", "mask_product_reference", "masks_to_binary", "masks_to_binary_reference",
     "upsample_nearest_add", "upsample_nearest_add_reference",
 ]

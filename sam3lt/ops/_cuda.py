@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import _ext
-from ._backend import register, set_missing_check
+from ._backend import dispatch, register, set_missing_check, unavailable_reason
 from .upsample import mask_product_reference
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -233,6 +233,21 @@ def missing_reason() -> str | None:
 
 for _name, _check in _SUPPORTS.items():
     register(_name, "cuda", _impl(_name), _check)
+
+
+def _repmixer_block(x, w1, b1, w2, b2):
+    """The RepMixer pair as two launches of the cuda ``repmixer_dwconv`` (no fused CUDA kernel yet); through the
+    dispatch, so whatever serves ``repmixer_dwconv`` for cuda serves this too."""
+    mixed = dispatch("repmixer_dwconv", "cuda", x, w1, b1, True)
+    return mixed, dispatch("repmixer_dwconv", "cuda", mixed, w2, b2, False)
+
+
+def _supports_repmixer_block(x, w1, b1, w2, b2):
+    return (unavailable_reason("repmixer_dwconv", "cuda", x, w1, b1, True)
+            or unavailable_reason("repmixer_dwconv", "cuda", x, w2, b2, False))
+
+
+register("repmixer_block_dwconv", "cuda", _repmixer_block, _supports_repmixer_block)
 # mask_product: torch's cuBLAS matmul, only when cuda is named (auto runs the identical eager reference)
 register("mask_product", "cuda", mask_product_reference, _supports_mask_product, auto=False)
 set_missing_check("cuda", missing_reason)

@@ -2,10 +2,11 @@
 from ._backend import register
 from .attention import window_attention_reference
 from .cross_attention import box_bias_attention_reference, masked_attention_reference
-from .repmixer import repmixer_dwconv_reference
+from .repmixer import repmixer_block_dwconv_reference, repmixer_dwconv_reference
 from .upsample import mask_product_reference, masks_to_binary_reference, upsample_nearest_add_reference
 
 register("repmixer_dwconv", "eager", repmixer_dwconv_reference)
+register("repmixer_block_dwconv", "eager", repmixer_block_dwconv_reference)
 register("window_attention", "eager", window_attention_reference)
 register("box_bias_attention", "eager", box_bias_attention_reference)
 register("masked_attention", "eager", masked_attention_reference)

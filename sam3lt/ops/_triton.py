@@ -14,6 +14,8 @@ the op itself and runs it), and their fake implementation skips the launch.
 Ops (schemas inferred from the annotations below):
 
 - ``sam3lt::repmixer_dwconv(Tensor x, Tensor weight, Tensor bias, bool residual) -> Tensor``
+- ``sam3lt::repmixer_block_dwconv(Tensor x, Tensor mixer_weight, Tensor mixer_bias, Tensor ffn_weight,
+  Tensor ffn_bias) -> (Tensor, Tensor)``
 - ``sam3lt::window_attention(Tensor qkv, Tensor cos, Tensor sin, int num_heads, int window_size,
   Tensor? pad_value) -> Tensor``
 - ``sam3lt::box_bias_attention(Tensor q, Tensor k, Tensor v, Tensor bias_y, Tensor bias_x) -> Tensor``
@@ -97,6 +99,16 @@ def _supports_repmixer(x, weight, bias, residual=True, *_):
     if taps > _rep.MAX_TAPS:
         return f"kernel size {taps} > {_rep.MAX_TAPS} (taps are unrolled)"
     return _common((x, weight, bias), x.numel())
+
+
+def _supports_repmixer_block(x, w1, b1, w2, b2, *_):
+    for weight, bias in ((w1, b1), (w2, b2)):
+        reason = _supports_repmixer(x, weight, bias, True)
+        if reason is not None:
+            return reason
+    if x.dim() == 3 and x.shape[1] > _rep.MAX_BLOCK_L:
+        return f"prompt length {x.shape[1]} > {_rep.MAX_BLOCK_L} (one tile holds a whole prompt)"
+    return None
 
 
 def _supports_window_attention(qkv, cos, sin, num_heads, window_size, pad_value=None, *_):
@@ -219,6 +231,10 @@ if TRITON_MISSING is None:
     def _repmixer_dwconv(x: Tensor, weight: Tensor, bias: Tensor, residual: bool) -> Tensor:
         return _rep.repmixer_dwconv(x, weight, bias, residual)
 
+    def _repmixer_block_dwconv(x: Tensor, mixer_weight: Tensor, mixer_bias: Tensor, ffn_weight: Tensor,
+                               ffn_bias: Tensor) -> tuple[Tensor, Tensor]:
+        return _rep.repmixer_block_dwconv(x, mixer_weight, mixer_bias, ffn_weight, ffn_bias)
+
     def _window_attention(qkv: Tensor, cos: Tensor, sin: Tensor, num_heads: int, window_size: int,
                           pad_value: Tensor | None) -> Tensor:
         return _win.window_attention(qkv, cos, sin, num_heads, window_size, pad_value)
@@ -239,13 +255,15 @@ if TRITON_MISSING is None:
         return _up.masks_to_binary(mask_logits, size, threshold)
 
     _BODIES = {
-        "repmixer_dwconv": _repmixer_dwconv, "window_attention": _window_attention,
+        "repmixer_dwconv": _repmixer_dwconv, "repmixer_block_dwconv": _repmixer_block_dwconv,
+        "window_attention": _window_attention,
         "box_bias_attention": _box_bias_attention, "masked_attention": _masked_attention,
         "upsample_nearest_add": _upsample_nearest_add, "mask_product": _mask_product,
         "masks_to_binary": _masks_to_binary,
     }
     OPS = {
         "repmixer_dwconv": _define("repmixer_dwconv", _repmixer_dwconv),
+        "repmixer_block_dwconv": _define("repmixer_block_dwconv", _repmixer_block_dwconv),
         "window_attention": _define("window_attention", _window_attention),
         "box_bias_attention": _define("box_bias_attention", _box_bias_attention),
         "masked_attention": _define("masked_attention", _masked_attention),
@@ -289,6 +307,7 @@ def _impl(name: str):
 
 _SUPPORTS = {
     "repmixer_dwconv": _supports_repmixer,
+    "repmixer_block_dwconv": _supports_repmixer_block,
     "window_attention": _supports_window_attention,
     "box_bias_attention": _supports_box_bias_attention,
     "masked_attention": _supports_masked_attention,

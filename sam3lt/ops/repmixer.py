@@ -36,3 +36,28 @@ def repmixer_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, r
         (B, L, C) contiguous, dtype of ``x``: ``[x +] dwconv(x) + bias``.
     """
     return dispatch("repmixer_dwconv", backend, x, weight, bias, residual)
+
+
+def repmixer_block_dwconv_reference(x: torch.Tensor, mixer_weight: torch.Tensor, mixer_bias: torch.Tensor,
+                                    ffn_weight: torch.Tensor, ffn_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager reference (the spec). See :func:`repmixer_block_dwconv`."""
+    mixed = repmixer_dwconv_reference(x, mixer_weight, mixer_bias, True)
+    return mixed, repmixer_dwconv_reference(mixed, ffn_weight, ffn_bias, False)
+
+
+def repmixer_block_dwconv(x: torch.Tensor, mixer_weight: torch.Tensor, mixer_bias: torch.Tensor,
+                          ffn_weight: torch.Tensor, ffn_bias: torch.Tensor,
+                          backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both depthwise convolutions of a folded RepMixer block: the token mixer and the conv FFN's depthwise conv.
+
+    ``mixed = x + dwconv(x, mixer_weight) + mixer_bias`` and ``ffn_in = dwconv(mixed, ffn_weight) + ffn_bias``
+    (each as :func:`repmixer_dwconv`; ``mixed`` is rounded to the input dtype before the second convolution).
+    The Triton kernel does both in one pass over a (batch, channel block): a prompt (L ≤ 128) fits one tile.
+
+    Args:
+        x: (B, L, C) tokens, channels last, any strides; fp32/fp16/bf16.
+        mixer_weight, ffn_weight: (C, K1), (C, K2), odd K; mixer_bias, ffn_bias: (C,).
+    Returns:
+        ``(mixed, ffn_in)``, both (B, L, C) contiguous in the dtype of ``x``.
+    """
+    return dispatch("repmixer_block_dwconv", backend, x, mixer_weight, mixer_bias, ffn_weight, ffn_bias)
