@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import _ext
+from . import _contracts as contract
 from ._backend import dispatch, register, set_missing_check, unavailable_reason
 from .upsample import mask_product_reference
 
@@ -89,112 +90,57 @@ def _head_dim_reason(head_dim: int) -> str | None:
 
 
 def _supports_repmixer(x, weight, bias, residual=True, *_):
-    if x.dim() != 3 or weight.dim() != 2 or bias.dim() != 1:
-        return "expects x (B, L, C), weight (C, K), bias (C,)"
-    channels, taps = weight.shape
-    if x.shape[-1] != channels or bias.shape[0] != channels:
-        return "x, weight and bias disagree on the channel count"
-    if taps % 2 == 0:
-        return f"even kernel size {taps} (only odd K has symmetric 'same' padding)"
+    reason = contract.repmixer(x, weight, bias)
+    if reason is not None:
+        return reason
     if not (x.dtype == weight.dtype == bias.dtype):
         return f"x, weight and bias dtypes differ ({x.dtype}, {weight.dtype}, {bias.dtype})"
-    return _common((x, weight, bias)) or _fits_int32(x.shape[1], channels)
+    return _common((x, weight, bias)) or _fits_int32(x.shape[1], x.shape[2])
 
 
 def _supports_window_attention(qkv, cos, sin, num_heads, window_size, pad_value=None, *_):
-    if qkv.dim() != 4 or cos.dim() != 2 or sin.dim() != 2:
-        return "expects qkv (B, H, W, 3·C) and cos/sin (T, D)"
+    reason = contract.window_attention(qkv, cos, sin, num_heads, window_size, pad_value)
+    if reason is not None:
+        return reason
     batch, height, width, three_c = qkv.shape
-    if num_heads <= 0 or three_c % (3 * num_heads) != 0:
-        return f"qkv channels {three_c} are not 3 × num_heads ({num_heads}) × head_dim"
-    head_dim = three_c // (3 * num_heads)
-    reason = _head_dim_reason(head_dim)
+    reason = _head_dim_reason(three_c // (3 * num_heads)) or _common((qkv,))
     if reason is not None:
         return reason
-    if window_size < 0:
-        return f"negative window size {window_size}"
-    tokens = window_size * window_size if window_size > 0 else height * width
-    if tuple(cos.shape) != (tokens, head_dim) or tuple(sin.shape) != (tokens, head_dim):
-        return f"cos/sin must be ({tokens}, {head_dim}) for this window"
-    reason = _common((qkv,))
-    if reason is not None:
-        return reason
-    tables = [cos, sin] + ([pad_value] if pad_value is not None else [])
-    if pad_value is not None and (pad_value.dim() != 1 or pad_value.shape[0] != three_c):
-        return f"pad_value must be ({three_c},)"
-    for t in tables:
+    for t in [cos, sin] + ([pad_value] if pad_value is not None else []):
         if t.device != qkv.device:
             return f"inputs are on different devices ({qkv.device}, {t.device})"
         if not t.dtype.is_floating_point:
             return f"unsupported dtype {t.dtype} for cos/sin/pad_value"
+    tokens = cos.shape[0]
     return _fits_int32(tokens, batch * num_heads, three_c, height, width)
 
 
-def _check_qkv(q, k, v) -> str | None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        return "expects q, k, v of shape (B, heads, L, D)"
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
-        return f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match"
-    if not (q.dtype == k.dtype == v.dtype):
-        return f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})"
-    return _head_dim_reason(q.shape[-1])
-
-
 def _supports_box_bias_attention(q, k, v, bias_y, bias_x, *_):
-    reason = _check_qkv(q, k, v)
+    reason = contract.box_bias_attention(q, k, v, bias_y, bias_x) or _head_dim_reason(q.shape[-1])
     if reason is not None:
         return reason
-    if bias_y.dim() != 4 or bias_x.dim() != 4:
-        return "expects bias_y (B, heads, Lq, Hg) and bias_x (B, heads, Lq, Wg)"
-    if bias_y.shape[:3] != q.shape[:3] or bias_x.shape[:3] != q.shape[:3]:
-        return "bias_y / bias_x leading dims must be (B, heads, Lq)"
-    if bias_y.shape[-1] * bias_x.shape[-1] != k.shape[2]:
-        return f"keys ({k.shape[2]}) != Hg·Wg ({bias_y.shape[-1]}·{bias_x.shape[-1]})"
     if bias_y.dtype != bias_x.dtype:
         return f"bias_y and bias_x dtypes differ ({bias_y.dtype}, {bias_x.dtype})"
     return _common((q, k, v, bias_y, bias_x)) or _fits_int32(q.shape[2], k.shape[2], q.shape[0] * q.shape[1])
 
 
 def _supports_masked_attention(q, k, v, key_padding_mask=None, *_):
-    reason = _check_qkv(q, k, v)
-    if reason is not None:
-        return reason
-    if key_padding_mask is not None:
-        if tuple(key_padding_mask.shape) != (k.shape[0], k.shape[2]):
-            return f"key_padding_mask must be (B, Lk) = ({k.shape[0]}, {k.shape[2]})"
-        if key_padding_mask.device != q.device:
-            return f"inputs are on different devices ({q.device}, {key_padding_mask.device})"
-        if key_padding_mask.dtype.is_complex:
-            return f"unsupported key_padding_mask dtype {key_padding_mask.dtype}"
-    return _common((q, k, v)) or _fits_int32(q.shape[2], k.shape[2], q.shape[0] * q.shape[1])
+    return (contract.masked_attention(q, k, v, key_padding_mask) or _head_dim_reason(q.shape[-1])
+            or _common((q, k, v)) or _fits_int32(q.shape[2], k.shape[2], q.shape[0] * q.shape[1]))
 
 
 def _supports_upsample_nearest_add(x, skip, *_):
-    if x.dim() != 4 or skip.dim() != 4 or x.shape[:2] != skip.shape[:2]:
-        return "expects x (B, C, h, w) and skip (B, C, H, W)"
-    if x.dtype != skip.dtype:
-        return f"x and skip dtypes differ ({x.dtype}, {skip.dtype})"
-    if (x.shape[-1] == 0 or x.shape[-2] == 0) and skip.numel() > 0:
-        return "empty input grid"
-    return _common((x, skip)) or _fits_int32(*x.shape[-2:], *skip.shape[-2:])
+    return (contract.upsample_nearest_add(x, skip) or _common((x, skip))
+            or _fits_int32(*x.shape[-2:], *skip.shape[-2:]))
 
 
 def _supports_masks_to_binary(mask_logits, size, threshold=0.5, *_):
-    if mask_logits.dim() != 3 or len(size) != 2:
-        return "expects mask_logits (N, h, w) and size (H, W)"
-    if (mask_logits.shape[1] == 0 or mask_logits.shape[2] == 0) and mask_logits.shape[0] > 0:
-        return "empty input masks"
-    if int(size[0]) < 0 or int(size[1]) < 0:
-        return "negative output size"
-    return _common((mask_logits,)) or _fits_int32(*mask_logits.shape[1:], int(size[0]), int(size[1]))
+    return (contract.masks_to_binary(mask_logits, size) or _common((mask_logits,))
+            or _fits_int32(*mask_logits.shape[1:], int(size[0]), int(size[1])))
 
 
 def _supports_mask_product(mask_embed, pixel_embed, *_):
-    if mask_embed.dim() != 3 or pixel_embed.dim() != 4:
-        return "expects mask_embed (B, Q, C) and pixel_embed (B, C, H, W)"
-    if mask_embed.dtype != pixel_embed.dtype:
-        return f"dtypes differ ({mask_embed.dtype}, {pixel_embed.dtype})"
-    return _common((mask_embed, pixel_embed))
+    return contract.mask_product(mask_embed, pixel_embed) or _common((mask_embed, pixel_embed))
 
 
 _SUPPORTS = {

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import kernels as _kernels
+from . import _contracts as contract
 from ._backend import register, set_missing_check
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -89,16 +90,10 @@ def _common(tensors: Sequence[torch.Tensor], out_numel: int = 0) -> str | None:
 
 
 def _supports_repmixer(x, weight, bias, residual=True, *_):
-    if x.dim() != 3 or weight.dim() != 2 or bias.dim() != 1:
-        return "expects x (B, L, C), weight (C, K), bias (C,)"
-    channels, taps = weight.shape
-    if x.shape[-1] != channels or bias.shape[0] != channels:
-        return "x, weight and bias disagree on the channel count"
-    if taps % 2 == 0:
-        return f"even kernel size {taps} (only odd K has symmetric 'same' padding)"
-    if taps > _rep.MAX_TAPS:
-        return f"kernel size {taps} > {_rep.MAX_TAPS} (taps are unrolled)"
-    return _common((x, weight, bias), x.numel())
+    reason = contract.repmixer(x, weight, bias)
+    if reason is None and weight.shape[1] > _rep.MAX_TAPS:
+        reason = f"kernel size {weight.shape[1]} > {_rep.MAX_TAPS} (taps are unrolled)"
+    return reason or _common((x, weight, bias), x.numel())
 
 
 def _supports_repmixer_block(x, w1, b1, w2, b2, *_):
@@ -106,101 +101,53 @@ def _supports_repmixer_block(x, w1, b1, w2, b2, *_):
         reason = _supports_repmixer(x, weight, bias, True)
         if reason is not None:
             return reason
-    if x.dim() == 3 and x.shape[1] > _rep.MAX_BLOCK_L:
+    if x.shape[1] > _rep.MAX_BLOCK_L:
         return f"prompt length {x.shape[1]} > {_rep.MAX_BLOCK_L} (one tile holds a whole prompt)"
     return None
 
 
 def _supports_window_attention(qkv, cos, sin, num_heads, window_size, pad_value=None, *_):
-    if qkv.dim() != 4 or cos.dim() != 2 or sin.dim() != 2:
-        return "expects qkv (B, H, W, 3·C) and cos/sin (T, D)"
-    batch, height, width, three_c = qkv.shape
-    if num_heads <= 0 or three_c % (3 * num_heads) != 0:
-        return f"qkv channels {three_c} are not 3 × num_heads ({num_heads}) × head_dim"
-    head_dim = three_c // (3 * num_heads)
+    reason = contract.window_attention(qkv, cos, sin, num_heads, window_size, pad_value)
+    if reason is not None:
+        return reason
+    head_dim = qkv.shape[-1] // (3 * num_heads)
     if head_dim % 2:
         return f"odd head dim {head_dim} (RoPE rotates channel pairs)"
     if head_dim > _win.MAX_HEAD_DIM:
         return f"head dim {head_dim} > {_win.MAX_HEAD_DIM}"
-    if window_size < 0:
-        return f"negative window size {window_size}"
-    tokens = window_size * window_size if window_size > 0 else height * width
-    if tuple(cos.shape) != (tokens, head_dim) or tuple(sin.shape) != (tokens, head_dim):
-        return f"cos/sin must be ({tokens}, {head_dim}) for this window"
-    tensors = [qkv, cos, sin]
-    if pad_value is not None:
-        if pad_value.dim() != 1 or pad_value.shape[0] != three_c:
-            return f"pad_value must be ({three_c},)"
-        tensors.append(pad_value)
+    tensors = [qkv, cos, sin] + ([pad_value] if pad_value is not None else [])
     return _common(tensors, qkv.numel() // 3)
 
 
-def _check_qkv(q, k, v) -> str | None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        return "expects q, k, v of shape (B, heads, L, D)"
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
-        return f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match"
-    if not (q.dtype == k.dtype == v.dtype):
-        return f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})"
-    if q.shape[-1] > _box.MAX_HEAD_DIM:
-        return f"head dim {q.shape[-1]} > {_box.MAX_HEAD_DIM}"
-    return None
+def _head_dim_reason(q) -> str | None:
+    return f"head dim {q.shape[-1]} > {_box.MAX_HEAD_DIM}" if q.shape[-1] > _box.MAX_HEAD_DIM else None
 
 
 def _supports_box_bias_attention(q, k, v, bias_y, bias_x, *_):
-    reason = _check_qkv(q, k, v)
-    if reason is not None:
-        return reason
-    if bias_y.dim() != 4 or bias_x.dim() != 4:
-        return "expects bias_y (B, heads, Lq, Hg) and bias_x (B, heads, Lq, Wg)"
-    if bias_y.shape[:3] != q.shape[:3] or bias_x.shape[:3] != q.shape[:3]:
-        return "bias_y / bias_x leading dims must be (B, heads, Lq)"
-    if bias_y.shape[-1] * bias_x.shape[-1] != k.shape[2]:
-        return f"keys ({k.shape[2]}) != Hg·Wg ({bias_y.shape[-1]}·{bias_x.shape[-1]})"
-    return _common((q, k, v, bias_y, bias_x), q.numel())
+    return (contract.box_bias_attention(q, k, v, bias_y, bias_x) or _head_dim_reason(q)
+            or _common((q, k, v, bias_y, bias_x), q.numel()))
 
 
 def _supports_masked_attention(q, k, v, key_padding_mask=None, *_):
-    reason = _check_qkv(q, k, v)
-    if reason is not None:
-        return reason
-    if key_padding_mask is not None:
-        if tuple(key_padding_mask.shape) != (k.shape[0], k.shape[2]):
-            return f"key_padding_mask must be (B, Lk) = ({k.shape[0]}, {k.shape[2]})"
-        if key_padding_mask.device != q.device:
-            return f"inputs are on different devices ({q.device}, {key_padding_mask.device})"
-        if key_padding_mask.dtype.is_complex:
-            return f"unsupported key_padding_mask dtype {key_padding_mask.dtype}"
-    return _common((q, k, v), q.numel())
+    return (contract.masked_attention(q, k, v, key_padding_mask) or _head_dim_reason(q)
+            or _common((q, k, v), q.numel()))
 
 
 def _supports_upsample_nearest_add(x, skip, *_):
-    if x.dim() != 4 or skip.dim() != 4 or x.shape[:2] != skip.shape[:2]:
-        return "expects x (B, C, h, w) and skip (B, C, H, W)"
-    if x.dtype != skip.dtype:
-        return f"x and skip dtypes differ ({x.dtype}, {skip.dtype})"
-    if (x.shape[-1] == 0 or x.shape[-2] == 0) and skip.numel() > 0:
-        return "empty input grid"
-    return _common((x, skip), skip.numel())
+    return contract.upsample_nearest_add(x, skip) or _common((x, skip), skip.numel())
 
 
 def _supports_mask_product(mask_embed, pixel_embed, *_):
-    if mask_embed.dim() != 3 or pixel_embed.dim() != 4:
-        return "expects mask_embed (B, Q, C) and pixel_embed (B, C, H, W)"
-    if mask_embed.shape[0] != pixel_embed.shape[0] or mask_embed.shape[2] != pixel_embed.shape[1]:
-        return "mask_embed and pixel_embed disagree on B or C"
-    if mask_embed.dtype != pixel_embed.dtype:
-        return f"dtypes differ ({mask_embed.dtype}, {pixel_embed.dtype})"
+    reason = contract.mask_product(mask_embed, pixel_embed)
+    if reason is not None:
+        return reason
     out_numel = mask_embed.shape[0] * mask_embed.shape[1] * pixel_embed.shape[2] * pixel_embed.shape[3]
     return _common((mask_embed, pixel_embed), out_numel)
 
 
 def _supports_masks_to_binary(mask_logits, size, threshold=0.5, *_):
-    if mask_logits.dim() != 3 or len(size) != 2:
-        return "expects mask_logits (N, h, w) and size (H, W)"
-    if (mask_logits.shape[1] == 0 or mask_logits.shape[2] == 0) and mask_logits.shape[0] > 0:
-        return "empty input masks"
-    return _common((mask_logits,), mask_logits.shape[0] * int(size[0]) * int(size[1]))
+    return (contract.masks_to_binary(mask_logits, size)
+            or _common((mask_logits,), mask_logits.shape[0] * int(size[0]) * int(size[1])))
 
 
 # ---------------------------------------------------------------- custom ops
