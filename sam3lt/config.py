@@ -140,47 +140,36 @@ class Sam3LiteTextTextConfig(_SubConfig):
 
 
 @dataclass
-class Sam3LiteTextGeometryEncoderConfig(_SubConfig):
+class _AttentionStackConfig(_SubConfig):
+    """Fields (HF names and defaults) shared by the geometry encoder, DETR encoder and DETR decoder configs."""
+
+    hidden_size: int = 256
+    num_layers: int = 6
+    num_attention_heads: int = 8
+    intermediate_size: int = 2048
+    dropout: float = 0.1
+    hidden_act: str = "relu"
+    hidden_dropout: float = 0.0
+    layer_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+
+
+@dataclass
+class Sam3LiteTextGeometryEncoderConfig(_AttentionStackConfig):
     model_type = "sam3_lite_text_geometry_encoder"
-    hidden_size: int = 256
     num_layers: int = 3
-    num_attention_heads: int = 8
-    intermediate_size: int = 2048
-    dropout: float = 0.1
-    hidden_act: str = "relu"
-    hidden_dropout: float = 0.0
-    layer_norm_eps: float = 1e-6
     roi_size: int = 7
-    initializer_range: float = 0.02
 
 
 @dataclass
-class Sam3LiteTextDETREncoderConfig(_SubConfig):
+class Sam3LiteTextDETREncoderConfig(_AttentionStackConfig):
     model_type = "sam3_lite_text_detr_encoder"
-    hidden_size: int = 256
-    num_layers: int = 6
-    num_attention_heads: int = 8
-    intermediate_size: int = 2048
-    dropout: float = 0.1
-    hidden_act: str = "relu"
-    hidden_dropout: float = 0.0
-    layer_norm_eps: float = 1e-6
-    initializer_range: float = 0.02
 
 
 @dataclass
-class Sam3LiteTextDETRDecoderConfig(_SubConfig):
+class Sam3LiteTextDETRDecoderConfig(_AttentionStackConfig):
     model_type = "sam3_lite_text_detr_decoder"
-    hidden_size: int = 256
-    num_layers: int = 6
     num_queries: int = 200
-    num_attention_heads: int = 8
-    intermediate_size: int = 2048
-    dropout: float = 0.1
-    hidden_act: str = "relu"
-    hidden_dropout: float = 0.0
-    layer_norm_eps: float = 1e-6
-    initializer_range: float = 0.02
 
 
 @dataclass

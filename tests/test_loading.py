@@ -155,3 +155,18 @@ def test_unreachable_hub_id_says_so(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="path_or_hub_id"):
         sam3lt.from_pretrained("no-such-user/no-such-model-sam3lt")
+
+
+def test_default_config_matches_hf_defaults():
+    """Every field of every sub-config has HF's default, and HF's config.json dict loads unchanged."""
+    from transformers import Sam3LiteTextConfig as HFConfig
+
+    hf = HFConfig().to_dict()
+    ours = sam3lt.Sam3LiteTextConfig.from_dict(hf)
+    assert ours == sam3lt.Sam3LiteTextConfig()
+    for name in ("text_config", "geometry_encoder_config", "detr_encoder_config", "detr_decoder_config",
+                 "mask_decoder_config"):
+        mine = getattr(ours, name).to_dict()
+        assert {k: v for k, v in mine.items()} == {k: hf[name][k] for k in mine}, name
+    vit = ours.vision_config.backbone_config.to_dict()
+    assert vit == {k: hf["vision_config"]["backbone_config"][k] for k in vit}
