@@ -91,9 +91,16 @@ IMAGE_CASES = {
 }
 
 
+_HF_VERSION = tuple(int(p) for p in transformers.__version__.split(".")[:2])
+
+
 # ------------------------------------------------------------------------------------------------------ images
 @pytest.mark.parametrize("case", sorted(IMAGE_CASES))
 def test_pixel_values_match_hf(hf, ours, case):
+    if case.endswith("_rgba") and _HF_VERSION < (5, 23):
+        # transformers 5.17 (the GPU image's) drops or rejects the alpha channel; 5.23 composites it on white,
+        # which is what sam3lt does (checked against 5.23 in CI)
+        pytest.skip(f"RGBA conversion differs in transformers {transformers.__version__} (sam3lt follows 5.23)")
     images = IMAGE_CASES[case]()
     ref = hf(images=images, return_tensors="pt")
     out = ours(images=images)
