@@ -120,8 +120,7 @@ def load_into(config: Sam3LiteTextConfig, hf_state: dict[str, torch.Tensor], sou
     state = convert_hf_state_dict(hf_state)
     check_state_dict(model, state, source)
     model.load_state_dict(state, strict=True, assign=True)
-    model.vision_encoder.backbone.init_rope_tables(device="cpu")
-    model = model.float()
+    model = model.float()  # also rebuilds the non-persistent RoPE tables, still on meta (ViTModel._apply)
     if fold_batchnorm:
         model.fold_batchnorm()
     model = model.to(device=device or "cpu", dtype=dtype or torch.float32)

@@ -3,6 +3,21 @@
 (head dims, int32 indexing, devices) stay in each backend's ``supports``."""
 from __future__ import annotations
 
+import torch
+
+FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def float_tensors_on_one_device(tensors) -> str | None:
+    """The kernels' shared input rule: fp32/fp16/bf16 tensors, all on one device."""
+    for t in tensors:
+        if t.dtype not in FLOATS:
+            return f"unsupported dtype {t.dtype} (fp32, fp16 and bf16 are supported)"
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        return f"inputs are on different devices ({', '.join(sorted(str(d) for d in devices))})"
+    return None
+
 
 def repmixer(x, weight, bias) -> str | None:
     if x.dim() != 3 or weight.dim() != 2 or bias.dim() != 1:

@@ -34,7 +34,6 @@ from . import _contracts as contract
 from ._backend import dispatch, register, set_missing_check, unavailable_reason
 from .upsample import mask_product_reference
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _INT32_MAX = 2**31 - 1
 OPS = ("repmixer_dwconv", "window_attention", "box_bias_attention", "masked_attention", "upsample_nearest_add",
        "masks_to_binary")
@@ -52,18 +51,15 @@ def extension_reason() -> str | None:
 
 # ---------------------------------------------------------------- supports() checks
 
-def _common(tensors: Sequence[torch.Tensor], dtypes=_FLOATS) -> str | None:
+def _common(tensors: Sequence[torch.Tensor]) -> str | None:
     """Checks shared by every op: extension loaded, float dtypes, all on one supported CUDA device."""
     reason = extension_reason()
     if reason is not None:
         return reason
-    for t in tensors:
-        if t.dtype not in dtypes:
-            return f"unsupported dtype {t.dtype} (fp32, fp16 and bf16 are supported)"
-    devices = {t.device for t in tensors}
-    if len(devices) > 1:
-        return f"inputs are on different devices ({', '.join(sorted(str(d) for d in devices))})"
-    device = next(iter(devices))
+    reason = contract.float_tensors_on_one_device(tensors)
+    if reason is not None:
+        return reason
+    device = tensors[0].device
     if device.type != "cuda":
         return f"inputs are on {'the CPU' if device.type == 'cpu' else device.type}; the CUDA kernels need CUDA tensors"
     index = device.index if device.index is not None else 0  # CUDA tensors always carry their index

@@ -35,7 +35,6 @@ from .. import kernels as _kernels
 from . import _contracts as contract
 from ._backend import register, set_missing_check
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _INT32_LIMIT = 2**31 - 1
 
 TRITON_MISSING: str | None = _kernels.triton_missing()
@@ -64,13 +63,10 @@ def _common(tensors: Sequence[torch.Tensor], out_numel: int = 0) -> str | None:
     """Checks shared by every op: triton present, one device the kernels can run on, float dtypes, int32 offsets."""
     if TRITON_MISSING is not None:
         return TRITON_MISSING
-    for t in tensors:
-        if t.dtype not in _FLOATS:
-            return f"unsupported dtype {t.dtype} (fp32, fp16 and bf16 are supported)"
-    devices = {t.device for t in tensors}
-    if len(devices) > 1:
-        return f"inputs are on different devices ({', '.join(sorted(str(d) for d in devices))})"
-    device = next(iter(devices))
+    reason = contract.float_tensors_on_one_device(tensors)
+    if reason is not None:
+        return reason
+    device = tensors[0].device
     if device.type == "cpu":
         if not _kernels.interpret_requested():
             return "inputs are on the CPU; the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)"
