@@ -159,7 +159,6 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
     if cuda:  # as the HF baseline measurements: full fp32, no TF32
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -205,6 +204,8 @@ def run(args: argparse.Namespace) -> dict:
     total += int(needs_models)
     ctx.progress = _progress(total, args.no_progress)
     models = None
+    grad_enabled = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)  # inference only; restored below (the suite also runs inside the test process)
     try:
         for section in sections:
             (out / f"{section}.json").unlink(missing_ok=True)
@@ -230,6 +231,7 @@ def run(args: argparse.Namespace) -> dict:
                     compiled.run(ctx, writer.record, hf, config, compile_budget)
             writer.finish()
     finally:
+        torch.set_grad_enabled(grad_enabled)
         if ctx.progress is not None:
             ctx.progress.close()
     result = report.write(out, args.plot)

@@ -6,7 +6,7 @@ import torch
 
 import sam3lt
 
-torch.set_grad_enabled(False)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 import sam3lt
 from hf_utils import assert_outputs_close, make_pair, random_inputs
 
-torch.set_grad_enabled(False)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,8 @@ def saved(tmp_path_factory):
     hf.save_pretrained(folder)
     inputs = random_inputs(config, batch=2, seed=11)
     pixels, ids, mask = inputs
-    return folder, hf, hf(pixel_values=pixels, input_ids=ids, attention_mask=mask), inputs
+    with torch.no_grad():  # module-scoped: the test-level no_grad fixture does not cover it
+        return folder, hf, hf(pixel_values=pixels, input_ids=ids, attention_mask=mask), inputs
 
 
 def _run(model, inputs):

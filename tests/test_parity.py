@@ -7,7 +7,7 @@ import torch
 import sam3lt
 from hf_utils import assert_outputs_close, make_pair, random_inputs, rel_err
 
-torch.set_grad_enabled(False)
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 @pytest.fixture(scope="module", params=["s0", "s1", "l"])
