@@ -10,6 +10,7 @@ from .config import (Sam3LiteTextConfig, Sam3LiteTextDETRDecoderConfig, Sam3Lite
 from .model import Sam3LiteTextModel, Sam3LiteTextOutput, TextOutput, VisionOutput
 from .loading import CheckpointError, from_pretrained, from_transformers
 from .processor import Sam3LiteTextProcessor
+from .fast import FastSam3LiteText, optimize
 
 __version__ = "0.1.0"
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "Sam3LiteTextGeometryEncoderConfig", "Sam3LiteTextDETREncoderConfig", "Sam3LiteTextDETRDecoderConfig",
     "Sam3LiteTextMaskDecoderConfig",
     "Sam3LiteTextModel", "Sam3LiteTextOutput", "TextOutput", "VisionOutput",
-    "CheckpointError", "from_pretrained", "from_transformers", "Sam3LiteTextProcessor", "__version__",
+    "CheckpointError", "from_pretrained", "from_transformers", "Sam3LiteTextProcessor",
+    "FastSam3LiteText", "optimize", "__version__",
 ]

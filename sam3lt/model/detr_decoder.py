@@ -62,6 +62,26 @@ class DetrDecoder(nn.Module):
         self.ref_point_head = DecoderMLP(2 * d, d, d, 2)
         self.box_rpb_embed_x = DecoderMLP(2, d, self.num_heads, 2)
         self.box_rpb_embed_y = DecoderMLP(2, d, self.num_heads, 2)
+        self._first_layer_cache = None  # see precompute_first_layer
+
+    def _layer_inputs(self, boxes, height: int, width: int, num_feats: int):
+        """A layer's query position encoding and box bias from its reference boxes (the presence token, row 0,
+        has no position and no bias). The first layer's are functions of the weights alone."""
+        query_pos = F.pad(self.ref_point_head(encode_boxes_sine(boxes, num_feats)), (0, 0, 1, 0))
+        return (query_pos, *self.box_bias(boxes, height, width))
+
+    def precompute_first_layer(self, height: int | None, width: int | None = None) -> None:
+        """Cache the first layer's inputs that depend only on the weights, for a ``height``×``width`` grid in the
+        current dtype/device (inference with frozen weights; :func:`sam3lt.optimize` calls it). ``None`` clears
+        the cache; call it again after changing the weights. The cached values are what forward computes."""
+        if height is None:
+            self._first_layer_cache = None
+            return
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable outside inference mode
+            boxes = self.reference_points.weight.unsqueeze(0).sigmoid()
+            values = self._layer_inputs(boxes, height, width or height, self.query_embed.weight.shape[-1] // 2)
+        weight = self.reference_points.weight
+        self._first_layer_cache = ((height, width or height, weight.dtype, weight.device), values)
 
     def box_bias(self, boxes: torch.Tensor, height: int, width: int):
         """Separable box bias for the queries plus a zero row for the presence token:
@@ -84,10 +104,13 @@ class DetrDecoder(nn.Module):
         x = torch.cat([self.presence_token.weight, self.query_embed.weight]).unsqueeze(0).expand(batch, -1, -1)
         vision_key = vision + vision_pos
         outputs, ref_boxes, presence, hidden = [], [boxes], [], [x]  # hidden: input, then each layer
-        for layer in self.layers:
-            query_pos = self.ref_point_head(encode_boxes_sine(boxes, x.shape[-1] // 2))
-            query_pos = F.pad(query_pos, (0, 0, 1, 0))  # presence token has no position
-            bias_y, bias_x = self.box_bias(boxes, height, width)
+        cache = self._first_layer_cache
+        key = (height, width, boxes.dtype, boxes.device)
+        for i, layer in enumerate(self.layers):
+            if i == 0 and cache is not None and cache[0] == key:
+                query_pos, bias_y, bias_x = (t.expand(batch, *t.shape[1:]) for t in cache[1])
+            else:
+                query_pos, bias_y, bias_x = self._layer_inputs(boxes, height, width, x.shape[-1] // 2)
             x = layer(x, query_pos, text, text_mask, vision, vision_key, bias_y, bias_x)
             if output_hidden_states:
                 hidden.append(x)

@@ -56,8 +56,9 @@ class GeometryEncoder(nn.Module):
         batch, num_boxes = boxes.shape[:2]
         height, width = image.shape[-2:]
         embed = self.boxes_direct_project(boxes)
-        scale = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
-        boxes_xyxy = box_cxcywh_to_xyxy(boxes) * scale
+        x0, y0, x1, y1 = box_cxcywh_to_xyxy(boxes).unbind(-1)
+        # scaled with Python numbers: a torch.tensor([w, h, w, h]) here would be a CPU→GPU copy per call
+        boxes_xyxy = torch.stack([x0 * width, y0 * height, x1 * width, y1 * height], dim=-1)
         # torchvision's roi_align has no bf16 kernel: HF runs it in fp16 then; so do we.
         dtype = torch.float16 if image.dtype == torch.bfloat16 else image.dtype
         pooled = torchvision.ops.roi_align(image.to(dtype), list(boxes_xyxy.to(dtype).unbind(0)),

@@ -211,19 +211,32 @@ class Sam3LiteTextModel(nn.Module):
             if attention_mask is not None and tuple(attention_mask.shape) != tuple(text.shape[:2]):
                 raise ValueError(f"attention_mask: expected shape {tuple(text.shape[:2])}, got "
                                  f"{tuple(attention_mask.shape)}")
-        prompt_batch = text.shape[0]
-        if image_batch != prompt_batch:
-            if image_batch != 1:
-                raise ValueError(f"pixel_values / input_ids: {image_batch} images and {prompt_batch} prompts; "
-                                 f"pass one image with any number of prompts, or equal batch sizes")
-            feats = [f.expand(prompt_batch, -1, -1, -1) for f in feats]  # one image, many prompts
-            pos = [p.expand(prompt_batch, -1, -1, -1) for p in pos]
-        batch = prompt_batch
+        if image_batch != text.shape[0] and image_batch != 1:
+            raise ValueError(f"pixel_values / input_ids: {image_batch} images and {text.shape[0]} prompts; "
+                             f"pass one image with any number of prompts, or equal batch sizes")
         text_mask = attention_mask.bool() if attention_mask is not None else None
-
-        prompt, prompt_mask = text, text_mask
         if input_boxes is not None and input_boxes.numel() > 0:
-            self._check_boxes(input_boxes, input_boxes_labels, batch)
+            self._check_boxes(input_boxes, input_boxes_labels, text.shape[0])
+        else:
+            input_boxes = None
+        out = self.heads(feats, pos, text, text_mask, input_boxes, input_boxes_labels, output_hidden_states)
+        out.vision_hidden_states = getattr(vision, "hidden_states", None)
+        return out
+
+    def heads(self, feats, pos, text, text_mask=None, input_boxes=None, input_boxes_labels=None,
+              output_hidden_states: bool = False) -> Sam3LiteTextOutput:
+        """Everything after the encoders, without input checks (the fast path captures it in a CUDA graph).
+
+        feats, pos: the FPN levels the heads use, finest first, (1 or B, D, Hi, Wi) each; text (B, Lp, D)
+        projected prompt features; text_mask (B, Lp) bool (True = valid) or None; input_boxes (1 or B, N, 4)
+        cxcywh in [0, 1] or None. One image's features are broadcast to the B prompts.
+        """
+        batch = text.shape[0]
+        if feats[0].shape[0] != batch:  # one image, many prompts
+            feats = [f.expand(batch, -1, -1, -1) for f in feats]
+            pos = [p.expand(batch, -1, -1, -1) for p in pos]
+        prompt, prompt_mask = text, text_mask
+        if input_boxes is not None:
             prompt, prompt_mask = self._add_box_prompts(text, text_mask, input_boxes, input_boxes_labels,
                                                         feats[-1], pos[-1])
             batch = prompt.shape[0]
@@ -242,8 +255,7 @@ class Sam3LiteTextModel(nn.Module):
         return Sam3LiteTextOutput(
             pred_masks=masks, pred_boxes=box_cxcywh_to_xyxy(boxes), pred_logits=logits,
             presence_logits=presence[-1], semantic_seg=semantic, decoder_hidden_states=dec_hidden,
-            decoder_reference_boxes=ref_boxes, encoder_hidden_states=enc_hidden,
-            vision_hidden_states=getattr(vision, "hidden_states", None))
+            decoder_reference_boxes=ref_boxes, encoder_hidden_states=enc_hidden)
 
     def _add_box_prompts(self, text, text_mask, boxes, labels, image, image_pos):
         batch = boxes.shape[0]
