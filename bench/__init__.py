@@ -8,6 +8,6 @@ Run it from a source checkout (this folder is not installed with the package)::
 Modules: :mod:`.suite` (arguments, orchestration, progress bar), :mod:`.common` (device, timers, ceilings,
 memory, environment), :mod:`.ops` (one module per op family), :mod:`.layers` (per-component breakdown),
 :mod:`.e2e` (latency, throughput, prompts per image, peak memory), :mod:`.compiled` (HF ``torch.compile``),
-:mod:`.report` (JSON, markdown, PNG). ``gpu_check.sh`` is the one device script; ``update_readme.py`` puts
+:mod:`.report` (JSON, markdown, PNG), :mod:`.goals` (the fast path's goals, met or not, from a run's results). ``gpu_check.sh`` is the one device script; ``update_readme.py`` puts
 the committed summaries into the README; ``cpu_vs_hf.py`` is the older single CPU comparison.
 """

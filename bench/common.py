@@ -349,6 +349,8 @@ class Context:
     progress: object = None
     deadline: float | None = None  # time.time() after which remaining cases are skipped
     notes: list[str] = field(default_factory=list)
+    compile_on_cpu: bool = False  # run the fast-compile section on the CPU too (minutes)
+    fast_reference: dict | None = None  # the fp32 eager outputs the fast path's accuracy is measured against
 
     @property
     def cuda(self) -> bool:

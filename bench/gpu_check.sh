@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# The one device script: on the GPU machine (no network), within GPU_CHECK_BUDGET_S seconds (default 480 = 8 min):
-#   env      nvidia-smi, pip freeze, versions                         -> $OUT/env/
-#   build    pip install --no-build-isolation --no-deps -e . (builds the CUDA extension; no downloads)
-#   probe    which backend can run which op at the model's shapes     -> $OUT/env/probe.json
-#   tests    pytest -q -m "not slow" tests/                            -> $OUT/tests/ (log, junit xml)
-#   bench    sections ops, layers, e2e, compile as separate processes, then the report
-#                                                                       -> $OUT/bench/ (json, md, png)
-# Every stage runs under `timeout`, with the time left in the budget, so a hang in one stage leaves the others'
-# results; each bench section also writes its JSON after every measurement. $OUT/stages.tsv has one line per
-# stage (name, exit code, seconds; 124 = timed out), $OUT/SUMMARY.md the overview.
+# The one device script: on the GPU machine (no network), within GPU_CHECK_BUDGET_S seconds (default 480 = 8 min).
+# Stages, in order of importance (each under `timeout` with the time left; what does not fit is skipped and says so):
+#   env               nvidia-smi, pip freeze, versions                             -> $OUT/env/
+#   build             pip install --no-build-isolation --no-deps -e . (builds the CUDA extension; no downloads)
+#   bench-fast        the fast path (sam3lt.optimize, bf16, CUDA graphs): breakdown, memory, accuracy, end to end
+#   bench-e2e         end to end per backend and HF eager (bf16 first): the goals table's HF eager column
+#   tests             pytest -q -m "not slow" on the GPU-relevant test files (GPU_TESTS) -> $OUT/tests/ (log, junit)
+#   bench-fast-compile  the fast path with torch.compile (batch 1, then batch 8 if the time allows)
+#   bench-compile     HF torch.compile: whole model first (the goals table's HF compile column), then components
+#   probe             which backend can run which op at the model's shapes           -> $OUT/env/probe.json
+#   bench-ops, bench-layers   per-op microbenchmarks, per-layer breakdown
+#   report            results.json, bench.md, summary.md, goals.md (issue 6's goals)  -> $OUT/bench/
+# Each bench stage is a process of its own writing its section JSON after every measurement, so a hang or a
+# timeout keeps what was measured. $OUT/stages.tsv has one line per stage (name, exit code, seconds; 124 = timed
+# out), $OUT/SUMMARY.md the overview: stages, test result, then goals.md and the summary tables.
 #
 #   OUT=/path/to/out bash bench/gpu_check.sh                 # on the GPU machine
 #   OUT=/tmp/x bash bench/gpu_check.sh --cpu-dry-run         # here, on the CPU: the same stages, made small
 #
 # --cpu-dry-run: pip --dry-run (nothing installed), pytest --collect-only, and the bench at the CPU --quick sizes
-# with fewer cases; it checks that the script and every command in it are sound. Environment knobs:
-# PYTHON (default python, else python3), GPU_CHECK_BUDGET_S, GPU_CHECK_BENCH_ARGS (extra arguments for every bench
-# section), GPU_CHECK_SKIP (comma-separated stage names to skip, e.g. "build,tests,bench-compile"), and the stage
-# limits GPU_CHECK_{BUILD,TESTS,OPS,LAYERS,E2E}_S (defaults 170, 120, 70, 60, 100 s; compile gets what is left).
+# with fewer cases (fast-compile is skipped on the CPU); it checks that the script and every command in it are
+# sound. Environment knobs: PYTHON (default python, else python3), GPU_CHECK_BUDGET_S, GPU_CHECK_BENCH_ARGS (extra
+# arguments for every bench section), GPU_CHECK_SKIP (comma-separated stage names to skip, e.g.
+# "build,tests,bench-compile"), and the stage limits GPU_CHECK_{BUILD,FAST,E2E,TESTS,FAST_COMPILE,COMPILE,PROBE,
+# OPS,LAYERS}_S (defaults 170, 110, 60, 110, 120, 110, 25, 45, 60 s; each capped by the time left).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +31,7 @@ DRY=0
 for arg in "$@"; do
   case "$arg" in
     --cpu-dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $arg (expected --cpu-dry-run)" >&2; exit 2 ;;
   esac
 done
@@ -87,18 +93,26 @@ env_info() {
   "$PY" -c "import transformers; print('transformers', transformers.__version__)" || true
 }
 
+# The tests that do something different on a GPU, most important first (CI runs the whole suite on the CPU; the
+# HF parity, loading and processor tests are device-independent and would not fit in the budget).
+GPU_TESTS=(tests/test_fast.py tests/test_model_backends.py tests/test_ops_cuda.py tests/test_cuda_ext.py
+           tests/test_ops_window_attention.py tests/test_ops_box_attention.py tests/test_ops_repmixer.py
+           tests/test_ops_upsample.py tests/test_ops_layer_norm.py tests/test_ops_linear.py tests/test_ops_tuning.py
+           tests/test_ops_compile.py)
 if (( DRY )); then
   echo "gpu_check: --cpu-dry-run (CPU, small sizes; nothing is installed)"
   BUILD=("$PY" -m pip install --no-build-isolation --no-deps -e . --dry-run)
-  TESTS=("$PY" -m pytest -q -m "not slow" tests/ -p no:cacheprovider --collect-only)
+  TESTS=("$PY" -m pytest -q -m "not slow" "${GPU_TESTS[@]}" -p no:cacheprovider --collect-only)
   BENCH_BASE=(--device cpu --quick --threads 1 --dtypes float32 --batches 1,2 --prompts 1,2 --reps 3
               --case-budget-s 0.2 --families attention,repmixer)
+  E2E_ARGS=()
   PROBE_SIZE=tiny
 else
   BUILD=("$PY" -m pip install --no-build-isolation --no-deps -v -e .)
-  TESTS=("$PY" -m pytest -q -m "not slow" tests/ -p no:cacheprovider -ra --durations=20
+  TESTS=("$PY" -m pytest -q -m "not slow" "${GPU_TESTS[@]}" -p no:cacheprovider -ra --durations=20
          --junitxml="$OUT/tests/junit.xml")
   BENCH_BASE=(--device cuda --quick)
+  E2E_ARGS=(--dtypes bfloat16,float32)  # bf16 first: the goals table's HF eager numbers
   PROBE_SIZE=full
 fi
 read -r -a EXTRA <<< "${GPU_CHECK_BENCH_ARGS:-}"
@@ -114,9 +128,6 @@ if (( ! DRY )) && ! awk -F'\t' '$1 == "build" && $2 == "0" {ok = 1} END {exit !o
   # benchmarks still run; the cuda backend then reports why it is unavailable.
   SAM3LT_SKIP_CUDA_BUILD=1 stage build-pure 60 "$PY" -m pip install --no-build-isolation --no-deps -e .
 fi
-stage probe 40 "$PY" -m bench.probe --out "$OUT/env/probe.json" --size "$PROBE_SIZE"
-stage tests "${GPU_CHECK_TESTS_S:-120}" "${TESTS[@]}"
-cp "$OUT/logs/tests.log" "$OUT/tests/pytest.log" 2>/dev/null
 # Bench sections: each a process of its own with a --time-budget-s a little under its timeout, so that it
 # normally ends by itself (recording the cases it had no time for as skipped) before `timeout` would kill it.
 bench_stage() {
@@ -126,11 +137,18 @@ bench_stage() {
   local inner=$(( limit > 40 ? limit - 15 : limit * 2 / 3 ))
   stage "bench-$section" "$limit" "${BENCH[@]}" --sections "$section" --time-budget-s "$inner" "$@"
 }
-bench_stage ops "${GPU_CHECK_OPS_S:-70}"
+# the fast path first: it is what issue 6's goals measure
+bench_stage fast "${GPU_CHECK_FAST_S:-110}"
+bench_stage e2e "${GPU_CHECK_E2E_S:-60}" "${E2E_ARGS[@]}"
+stage tests "${GPU_CHECK_TESTS_S:-110}" "${TESTS[@]}"
+cp "$OUT/logs/tests.log" "$OUT/tests/pytest.log" 2>/dev/null
+bench_stage fast-compile "${GPU_CHECK_FAST_COMPILE_S:-120}"
+COMPILE_S=$(( $(left) - REPORT_RESERVE ))
+(( COMPILE_S > ${GPU_CHECK_COMPILE_S:-110} )) && COMPILE_S=${GPU_CHECK_COMPILE_S:-110}
+bench_stage compile "$COMPILE_S" --compile-budget-s $(( COMPILE_S > 60 ? COMPILE_S - 40 : 20 ))
+stage probe "${GPU_CHECK_PROBE_S:-25}" "$PY" -m bench.probe --out "$OUT/env/probe.json" --size "$PROBE_SIZE"
+bench_stage ops "${GPU_CHECK_OPS_S:-45}"
 bench_stage layers "${GPU_CHECK_LAYERS_S:-60}"
-bench_stage e2e "${GPU_CHECK_E2E_S:-100}"
-COMPILE_LEFT=$(( $(left) - REPORT_RESERVE ))
-bench_stage compile "$COMPILE_LEFT" --compile-budget-s $(( COMPILE_LEFT > 60 ? COMPILE_LEFT - 40 : 20 ))
 stage report 20 "$PY" -m sam3lt.cli bench --out "$OUT/bench" --name gpu-check --report-only
 
 {
@@ -142,7 +160,19 @@ stage report 20 "$PY" -m sam3lt.cli bench --out "$OUT/bench" --name gpu-check --
   echo
   echo "tests: $(grep -E '(passed|failed|error|tests? collected|no tests ran)' "$OUT/logs/tests.log" 2>/dev/null | tail -n 1)"
   echo
-  [ -f "$OUT/bench/summary.md" ] && cat "$OUT/bench/summary.md"
+  # goals.md first; then summary.md after its own copy of the goals (the line "<!-- end of goals -->")
+  if [ -f "$OUT/bench/goals.md" ]; then
+    cat "$OUT/bench/goals.md"; echo
+  else
+    echo "goals.md: not written (the report stage did not run or failed: see $OUT/logs/report.log)"; echo
+  fi
+  if [ -f "$OUT/bench/summary.md" ]; then
+    if grep -q '^<!-- end of goals -->' "$OUT/bench/summary.md"; then
+      awk 'done; /^<!-- end of goals -->/ {done = 1}' "$OUT/bench/summary.md"
+    else
+      cat "$OUT/bench/summary.md"
+    fi
+  fi
 } > "$OUT/SUMMARY.md"
 echo "gpu_check: done in $(( $(date +%s) - START )) s; see $OUT/SUMMARY.md"
 cat "$OUT/stages.tsv"

@@ -1,6 +1,7 @@
 """Results: merge the section files of a run folder into ``results.json``, and write ``bench.md`` (everything),
-``summary.md`` (per-layer and end-to-end tables, for the README) and ``speedups.png`` (per-layer speedups;
-matplotlib when it is installed, otherwise a plain Pillow drawing).
+``summary.md`` (issue 6's goals, the fast path, per-layer and end-to-end tables, for the README), ``goals.md``
+(the goals table alone, :mod:`bench.goals`) and ``speedups.png`` (per-layer speedups; matplotlib when it is
+installed, otherwise a plain Pillow drawing).
 
 Every number in the tables comes from a record of the JSON; a cell that was not measured says why in a
 numbered footnote (unavailable backend, skipped, error), never a made-up value.
@@ -12,15 +13,20 @@ import math
 import time
 from pathlib import Path
 
+from . import goals as goals_mod
 from .common import NOT_MEASURED, SCHEMA, SHORT
+from .e2e import BREAKDOWN, FAST_DTYPE
 from .layers import COMPONENTS, FULL, POSTPROCESS, ROWS, SAME
 
-SECTIONS = ("ops", "layers", "e2e", "compile")
+SECTIONS = ("fast", "ops", "layers", "e2e", "compile", "fast-compile")
 IMPL_LABELS = {"sam3lt:eager": "sam3lt eager", "sam3lt:triton": "sam3lt triton", "sam3lt:cuda": "sam3lt cuda",
-               "sam3lt:auto": "sam3lt auto", "hf:eager": "HF eager", "hf:compile": "HF compile"}
+               "sam3lt:auto": "sam3lt auto", "sam3lt:fast": "sam3lt fast",
+               "sam3lt:fast+compile": "sam3lt fast+compile", "hf:eager": "HF eager", "hf:compile": "HF compile"}
+FAST_IMPLS = ("sam3lt:fast", "sam3lt:fast+compile")
 SUM_ROW = "sum of components"
-GPU_ROWS = ("per-op microbenchmarks (fp32, bf16)", "per-layer breakdown (fp32, bf16)", "latency, batch 1 (fp32, bf16)",
-            "throughput, batch 1/4/8", "one image, 1/4/16/64 prompts", "peak memory")
+GPU_ROWS = ("fast path (bf16, CUDA graphs): breakdown, memory, accuracy", "per-op microbenchmarks (fp32, bf16)",
+            "per-layer breakdown (fp32, bf16)", "latency, batch 1 (fp32, bf16)", "throughput, batch 1/4/8",
+            "one image, 1/4/16/64 prompts", "peak memory")
 
 
 # ------------------------------------------------------------------------------------------------ merge
@@ -264,12 +270,14 @@ def e2e_tables(result: dict, dtype: str, notes: Notes) -> str:
         mem = fmt_bytes(rec.get("peak_bytes")) if ok else "—"
         vs = [fmt_x(by[("images", 1, 1, r)]["ms"] / rec["ms"]) if ok else "—" for r in refs]
         extra = f" (compile {rec['compile_s']:.0f} s)" if rec.get("compile_s") else ""
+        if impl in FAST_IMPLS and ok and rec.get("capture_s") is not None:
+            extra = f" ({'compile + capture' if rec.get('compiled') else 'capture'} {fmt_s(rec['capture_s'])})"
         rows.append(f"| {IMPL_LABELS[impl]}{extra} | {_cell(rec, notes)} | {mem} | " + " | ".join(vs) + " |")
     out.append("Latency (one image, one prompt):\n\n" + "\n".join(rows) + "\n")
     # throughput
     batches = sorted({r["images"] for r in recs if r.get("kind") == "images"})
     imps = [i for i in impls if any(k[0] == "images" and k[1] > 1 and k[3] == i for k in by)] or \
-        [i for i in impls if i != "hf:compile"]
+        [i for i in impls if i not in ("hf:compile", "sam3lt:fast+compile")]
     if len(batches) > 1:
         rows = ["| images per call | " + " | ".join(f"{IMPL_LABELS[i]} (images/s)" for i in imps) + " |",
                 "|---" * (len(imps) + 1) + "|"]
@@ -280,7 +288,8 @@ def e2e_tables(result: dict, dtype: str, notes: Notes) -> str:
     # prompts per image
     counts = sorted({r["prompts"] for r in recs if r.get("kind") == "prompts"} | ({1} if batches else set()))
     if len(counts) > 1:
-        imps = [i for i in impls if i != "hf:compile"]
+        imps = [i for i in impls if i != "hf:compile"
+                and (i not in FAST_IMPLS or any(k[0] == "prompts" and k[3] == i for k in by))]
         cols = [f"{IMPL_LABELS[i]} ms (prompts/s)" for i in imps] + [f"{IMPL_LABELS[i]} peak" for i in imps]
         rows = ["| prompts | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for n in counts:
@@ -288,7 +297,7 @@ def e2e_tables(result: dict, dtype: str, notes: Notes) -> str:
             for i in imps:
                 rec = by.get(("prompts", 1, n, i)) or (by.get(("images", 1, 1, i)) if n == 1 else None)
                 if rec and rec.get("status") == "ok":
-                    cells.append(f"{fmt_ms(rec['ms'])} ({fmt_num(rec['prompts_per_s'])})")
+                    cells.append(f"{fmt_ms(rec['ms'])} ({fmt_num(rec.get('prompts_per_s', n * 1e3 / rec['ms']))})")
                     mems.append(fmt_bytes(rec.get("peak_bytes")))
                 else:
                     cells.append(_cell(rec, notes))
@@ -296,10 +305,82 @@ def e2e_tables(result: dict, dtype: str, notes: Notes) -> str:
             rows.append(f"| {n} | " + " | ".join(cells + mems) + " |")
         out.append("One image, N prompts (sam3lt encodes the image once; HF gets the image repeated N times):\n\n"
                    + "\n".join(rows) + "\n")
-    mem_kind = next((r.get("memory") for r in recs if r.get("memory")), None)
-    if mem_kind:
-        out.append(f"Peak memory: {mem_kind}.\n")
+    kinds = {}
+    for r in recs:
+        if r.get("memory") and r.get("status") == "ok":
+            kinds.setdefault(r["memory"], []).append(IMPL_LABELS[r["impl"]])
+    if len(kinds) == 1:
+        out.append(f"Peak memory: {next(iter(kinds))}.\n")
+    for kind, who in (kinds.items() if len(kinds) > 1 else ()):
+        out.append(f"Peak memory ({', '.join(dict.fromkeys(who))}): {kind}.\n")
+    if any(r["impl"] in FAST_IMPLS for r in recs):
+        out.append("sam3lt fast: `sam3lt.optimize` (static buffers, CUDA graphs on a GPU; auto backends), one "
+                   "fresh fast model per case with that case's bucket; capture (and compile) time is not in the "
+                   "latency and is shown beside it. A case where the plain model ran instead (a fallback) has no "
+                   "number.\n")
     return "\n".join(out)
+
+
+def fmt_s(seconds) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    return f"{seconds:.1f} s" if seconds < 100 else f"{seconds:.0f} s"
+
+
+def fast_table(result: dict, notes: Notes) -> str:
+    """The fast path's breakdown (bf16, batch 1 unless said): one column per fast variant."""
+    recs = [r for r in records(result, "fast") if r.get("impl") in FAST_IMPLS]
+    if not recs:
+        return ""
+    impls = [i for i in FAST_IMPLS if any(r["impl"] == i for r in recs)]
+    by = {(r.get("stage"), r["impl"]): r for r in recs}
+    rows = ["| | " + " | ".join(IMPL_LABELS[i] for i in impls) + " |", "|---" * (len(impls) + 1) + "|"]
+
+    def cell(stage, impl):
+        rec = by.get((stage, impl))
+        if rec is None:
+            return "—"
+        if rec.get("status") != "ok":
+            return notes.ref(rec)
+        if stage == "batch8":
+            return f"{fmt_num(rec.get('images_per_s'))} images/s ({fmt_ms(rec.get('ms'))} ms)"
+        if stage == "memory":
+            text = fmt_bytes(rec.get("peak_bytes"))
+            if rec.get("weights_bytes") is not None:
+                text += (f" (weights {fmt_bytes(rec['weights_bytes'])}, above the weights "
+                         f"{fmt_bytes(rec.get('above_weights_bytes'))})")
+            return text
+        if stage == "accuracy":
+            return (f"mask IoU {rec['mask_iou']:.4f}, scores max Δ {rec['score_max_diff']:.2e}, boxes max Δ "
+                    f"{rec['box_max_diff']:.2e}")
+        return f"{fmt_ms(rec.get('ms'))} ms"
+
+    for stage, label in BREAKDOWN:
+        rows.append(f"| {label} | " + " | ".join(cell(stage, i) for i in impls) + " |")
+    builds = [by.get(("build", i)) for i in impls]
+    if any(b and b.get("status") == "ok" for b in builds):
+        rows.append("| build, batch 1: optimize; first call (capture, compile, tuning) | " + " | ".join(
+            f"{fmt_s(b.get('optimize_s'))}; {fmt_s(b.get('capture_s'))}" if b and b.get("status") == "ok"
+            else (notes.ref(b) if b else "—") for b in builds) + " |")
+    first = next((r for r in recs if r.get("status") == "ok" and r.get("memory")), None)
+    extra = [f"{SHORT.get(FAST_DTYPE, FAST_DTYPE)}, one image and one 32-token prompt unless said; "
+             "`sam3lt.optimize` on a deep copy of the benchmark's sam3lt model (auto backends"
+             + (", CUDA graphs" if result["env"].get("device_kind") == "cuda" else "; no CUDA graphs on the CPU")
+             + "); a fresh fast model per case, with that case's bucket only."]
+    if first:
+        extra.append(f"Peak memory: {first['memory']}.")
+    extra.append("Accuracy: `sam3lt.fast.agreement` against the fp32 eager sam3lt model on the same inputs.")
+    for impl in impls:
+        tuned = by.get(("tuning", impl))
+        if tuned and tuned.get("status") == "ok" and tuned.get("choices"):
+            counts: dict[str, dict[str, int]] = {}
+            for c in tuned["choices"]:
+                per = counts.setdefault(str(c.get("op")), {})
+                per[str(c.get("backend"))] = per.get(str(c.get("backend")), 0) + 1
+            extra.append(f"Backends chosen by `sam3lt.ops.autotune` ({IMPL_LABELS[impl]}; op: backend × input "
+                         "signatures): " + "; ".join(f"{op}: " + ", ".join(f"{b} ×{n}" for b, n in per.items())
+                                                     for op, per in counts.items()) + ".")
+    return "\n".join(rows) + "\n\n" + " ".join(extra) + "\n"
 
 
 def ops_table(result: dict, notes: Notes) -> str:
@@ -346,7 +427,14 @@ def completeness(result: dict) -> str:
 def markdown(result: dict, summary: bool = False) -> str:
     notes = Notes()
     name = result["run"].get("name", "run")
-    out = [f"### sam3lt benchmark: {name}\n" if summary else f"# sam3lt benchmark: {name}\n", header(result)]
+    goals = goals_mod.markdown(result.get("goals") or goals_mod.evaluate(result), "###" if summary else "##")
+    if summary:  # the goals first (gpu_check's SUMMARY.md shows goals.md, then what follows the goals here)
+        out = [goals, f"### sam3lt benchmark: {name}\n", header(result)]
+    else:
+        out = [f"# sam3lt benchmark: {name}\n", header(result), goals]
+    table = fast_table(result, notes)
+    if table:
+        out.append(f"{'####' if summary else '##'} Fast path (`sam3lt.optimize`), bf16\n\n" + table)
     layer_recs, e2e_recs = records(result, "layers"), records(result, "e2e")
     for dtype in _dtypes(layer_recs + e2e_recs):
         title = SHORT.get(dtype, dtype)
@@ -361,6 +449,10 @@ def markdown(result: dict, summary: bool = False) -> str:
         if left_out:
             out.append("Left out (" + title + "): " + "; ".join(
                 f"{r['section']}: {r.get('reason', r.get('status'))}" for r in left_out) + ".\n")
+    left_out = [r for r in e2e_recs if r.get("dtype") == "all" and r.get("kind") == "note"]
+    if left_out:
+        out.append("Left out: " + "; ".join(f"{IMPL_LABELS.get(r['impl'], r['impl'])}: {r.get('reason')}"
+                                            for r in left_out) + ".\n")
     if not summary:
         c = ceilings_table(result)
         if c:
@@ -372,9 +464,9 @@ def markdown(result: dict, summary: bool = False) -> str:
                        "dtype where measured).\n\n" + o)
         out.append(completeness(result))
     if result.get("gpu", {}).get("status") == NOT_MEASURED:
-        rows = ["| GPU (H100/H200), real model shapes | sam3lt (eager / triton / cuda) | HF eager | HF compile |",
-                "|---|---|---|---|"]
-        rows += [f"| {what} | {NOT_MEASURED} | " + ("— | — |" if what.startswith("per-op") else
+        rows = ["| GPU (H100/H200), real model shapes | sam3lt (fast / eager / triton / cuda) | HF eager | "
+                "HF compile |", "|---|---|---|---|"]
+        rows += [f"| {what} | {NOT_MEASURED} | " + ("— | — |" if what.startswith(("per-op", "fast path")) else
                                                        f"{NOT_MEASURED} | {NOT_MEASURED} |") for what in GPU_ROWS]
         out.append(f"{'####' if summary else '##'} GPU\n\n" + "\n".join(rows) + "\n\nThese come from "
                    "`OUT=<dir> bash bench/gpu_check.sh` on the GPU machine; none has been run for this table.\n")
@@ -528,6 +620,7 @@ def write(folder: Path, plot_renderer: str = "auto") -> dict:
     """Merge ``folder``'s section files and write results.json, bench.md, summary.md and speedups.png."""
     folder = Path(folder)
     result = merge(folder)
+    result["goals"] = goals_mod.write(folder, result)
     png = folder / "speedups.png"
     try:
         result["run"]["plot"] = plot(result, png, plot_renderer)

@@ -3,12 +3,17 @@
 Sections (``--sections``; all by default), each written to ``<out>/<section>.json`` after every result so that
 a run stopped part-way (a timeout, a crash) keeps what it measured:
 
+- ``fast``: the fast path (``sam3lt.optimize``: bf16, static buffers, CUDA graphs on a GPU): its breakdown (full
+  forward, vision / text / heads stages, an extra prompt on a cached image, batch-8 throughput, peak memory,
+  agreement with fp32 eager) and its end-to-end rows (``bench/e2e.py``). Runs first: it is what issue 6 measures.
 - ``ops``: device ceilings, then every op family (``bench/ops``) per backend and baseline.
 - ``layers``: per-component times, sam3lt per backend and HF eager (``bench/layers.py``).
 - ``e2e``: latency, throughput, prompts per image, peak memory (``bench/e2e.py``).
-- ``compile``: HF ``torch.compile`` per component and whole model (GPU only; ``bench/compiled.py``).
+- ``compile``: HF ``torch.compile``, whole model then per component (GPU only; ``bench/compiled.py``).
+- ``fast-compile``: the fast path with ``compile=True`` (GPU; on the CPU only with ``--compile-on-cpu``).
 
-Then ``results.json``, ``bench.md``, ``summary.md`` and ``speedups.png`` are written from every section file
+Then ``results.json``, ``bench.md``, ``summary.md``, ``goals.md`` (issue 6's goals, ``bench/goals.py``) and
+``speedups.png`` are written from every section file
 in the folder (``--report-only`` does only that, e.g. after sections ran as separate processes).
 
 On a GPU the real model shapes run (the released S0 model on 1008² images); on the CPU reduced sizes, which
@@ -24,7 +29,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL_SECTIONS = ("ops", "layers", "e2e", "compile")
+ALL_SECTIONS = ("fast", "ops", "layers", "e2e", "compile", "fast-compile")  # the order they run in
 SIZE_NOTES = {
     "full": "real model shapes: the released S0 model on 1008² images; ops at the model's shapes",
     "cpu": "reduced for the CPU: full-width model with an 8-layer ViT on 336² images (DETR over 24² tokens); ops "
@@ -75,6 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-budget-s", type=float, default=None,
                    help="seconds of HF torch.compile work before the compile section stops (default 600; "
                         "--quick 240)")
+    p.add_argument("--compile-on-cpu", action="store_true",
+                   help="run the fast-compile section on the CPU too (it is skipped there by default: compiling "
+                        "takes minutes)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--plot", default="auto", choices=["auto", "matplotlib", "pillow"],
                    help="PNG renderer (default: matplotlib if installed, else Pillow)")
@@ -168,11 +176,12 @@ def run(args: argparse.Namespace) -> dict:
     deadline = time.time() + args.time_budget_s if args.time_budget_s else None
     compile_budget = args.compile_budget_s or (240.0 if args.quick else 600.0)
     ctx = Context(device=device, size=size, quick=args.quick, dtypes=args.dtypes, backends=args.backends,
-                  timer=timer, deadline=deadline)
+                  timer=timer, deadline=deadline, compile_on_cpu=args.compile_on_cpu)
     git = git_info()
     run_info = {"name": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git["commit"],
                 "dirty": git["dirty"], "argv": sys.argv[1:], "quick": args.quick, "size": size,
                 "reduced_sizes": size != "full", "device": str(device)}
+    from . import e2e
     from .models import describe_config, make_config
 
     settings = {"size": size, "size_note": SIZE_NOTES[size], "dtypes": args.dtypes, "backends": args.backends,
@@ -180,7 +189,12 @@ def run(args: argparse.Namespace) -> dict:
                 "timing": timer.describe(), "tf32": False if cuda else None, "hf_attn_implementation": "sdpa",
                 "sam3lt_validate_inputs": False, "compile_budget_s": compile_budget,
                 "model": describe_config(make_config(size, args.text)),
-                "postprocess": "post_process_instance_segmentation, all queries kept (threshold -1), masks > 0.5"}
+                "postprocess": "post_process_instance_segmentation, all queries kept (threshold -1), masks > 0.5",
+                "fast": {"dtype": e2e.FAST_DTYPE, "throughput_batch": e2e.THROUGHPUT_BATCH, "backend": "auto",
+                         "cuda_graphs": cuda, "compile_on_cpu": args.compile_on_cpu,
+                         "models": "one fresh sam3lt.optimize model per measured case, from a deep copy of the "
+                                   "benchmark's sam3lt model, with that case's image batch and prompt count as "
+                                   "its buckets"}}
     header = {"schema": "sam3lt-bench/1", "run": run_info, "env": environment(device), "settings": settings}
     where = "GPU" if cuda else "CPU"
     load = header["env"].get("load_average_at_start")
@@ -194,13 +208,18 @@ def run(args: argparse.Namespace) -> dict:
     if set(sections) == set(ALL_SECTIONS):  # a full run replaces every section file of the folder
         for s in ALL_SECTIONS:
             (out / f"{s}.json").unlink(missing_ok=True)
-    from . import compiled, e2e, layers, ops
+    from . import compiled, layers, ops
 
     total = 0
     for s in sections:
         total += {"ops": lambda: 1 + ops.count(ctx, args.families), "layers": lambda: layers.count(ctx),
-                  "e2e": lambda: e2e.count(ctx, batches, prompts), "compile": lambda: compiled.count(ctx)}[s]()
-    needs_models = any(s in sections for s in ("layers", "e2e")) or ("compile" in sections and cuda)
+                  "e2e": lambda: e2e.count(ctx, batches, prompts), "compile": lambda: compiled.count(ctx),
+                  "fast": lambda: e2e.count_fast(ctx, "fast", batches, prompts),
+                  "fast-compile": lambda: e2e.count_fast(ctx, "fast-compile", batches, prompts)}[s]()
+    fast_sections = [s for s in ("fast", "fast-compile") if s in sections
+                     and (s == "fast" or cuda or args.compile_on_cpu)]
+    needs_models = (any(s in sections for s in ("layers", "e2e")) or ("compile" in sections and cuda)
+                    or bool(fast_sections))
     total += int(needs_models)
     ctx.progress = _progress(total, args.no_progress)
     models = None
@@ -217,16 +236,22 @@ def run(args: argparse.Namespace) -> dict:
                 ops.run(ctx, ceilings, writer.record, args.families)
             elif section == "compile" and not cuda:
                 compiled.skip_all(ctx, writer.record, compiled.SKIPPED_CPU)
+            elif section == "fast-compile" and section not in fast_sections:
+                e2e.skip_fast(ctx, writer.record, section, e2e.SKIPPED_CPU_COMPILE, batches, prompts)
             else:
                 if models is None:
                     ctx.tick("building models")
                     from .models import build_pair
                     models = build_pair(size, device, args.text)
+                    if fast_sections:  # before any section casts the models: the fp32 weights as built
+                        ctx.fast_reference = e2e.fast_reference(ctx, models[1], models[2])
                 hf, ours, config = models
                 if section == "layers":
                     layers.run(ctx, writer.record, hf, ours, config)
                 elif section == "e2e":
                     e2e.run(ctx, writer.record, hf, ours, config, batches, prompts)
+                elif section in ("fast", "fast-compile"):
+                    e2e.run_fast(ctx, writer.record, ours, config, batches, prompts, section)
                 else:
                     compiled.run(ctx, writer.record, hf, config, compile_budget)
             writer.finish()
@@ -236,7 +261,7 @@ def run(args: argparse.Namespace) -> dict:
             ctx.progress.close()
     result = report.write(out, args.plot)
     print(report.markdown(result, summary=True))
-    print(f"sam3lt bench: wrote {out}/results.json, bench.md, summary.md"
+    print(f"sam3lt bench: wrote {out}/results.json, bench.md, summary.md, goals.md"
           f"{', speedups.png' if (out / 'speedups.png').exists() else ''} (plot: {result['run']['plot']})",
           file=sys.stderr)
     return result

@@ -3,7 +3,8 @@ by hand), between the README's BEGIN/END markers:
 
 - every ``*.md`` table directly in bench/results/ (e.g. ``cpu_vs_hf.md``), in name order;
 - then every run folder of the benchmark suite (``bench/results/<run>/summary.md``, written by ``sam3lt bench``),
-  GPU runs first, then by name, each with a link to its full tables (``bench.md``) and its plot.
+  GPU runs first, then by name, each with a link to its full tables (``bench.md``) and its plot. A summary opens
+  with the run's issue-6 goals table (``goals.md``, ``bench/goals.py``).
 
     python bench/update_readme.py                       # rewrite README.md
     python bench/update_readme.py --print               # only print the block

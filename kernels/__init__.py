@@ -8,6 +8,8 @@ goes through ``torch.library.wrap_triton`` so that the ``sam3lt::`` custom ops s
 - :mod:`.window_attention`: windowed / global ViT self-attention with in-kernel 2-D RoPE and padding.
 - :mod:`.box_attention`: flash attention with the separable box bias or a key-padding mask (DETR heads).
 - :mod:`.upsample`: nearest upsample + add, the mask-product GEMM, bilinear-sigmoid-threshold to bool.
+- :mod:`.layer_norm`: residual add fused with the following LayerNorm (ViT blocks).
+- :mod:`.linear`: GEMM with a fused bias / GELU / ReLU / residual epilogue (MLPs).
 
 This package itself is importable without Triton; only the submodules import it. The ops register them as
 the ``triton`` backend in :mod:`sam3lt.ops._triton`.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-FAMILIES = ("repmixer", "window_attention", "box_attention", "upsample")
+FAMILIES = ("repmixer", "window_attention", "box_attention", "upsample", "linear", "layer_norm")
 
 
 def triton_missing() -> str | None:

@@ -12,7 +12,7 @@ What it does to the model (in place; the returned object holds it):
   bucket (``prompt_buckets``; N prompts run in the smallest bucket ≥ N, padded with copies of the first prompt,
   and the outputs are sliced back), and one heads graph per (images, prompts) pair met. The stages of one call
   hand their outputs to the next through the static buffers, so a full forward is three graph replays and no
-  copies. All graphs share one memory pool. The forward has no host-device sync and no CPU→GPU copy (a
+  copies. The graphs of a stage share one memory pool. The forward has no host-device sync and no CPU→GPU copy (a
   captured graph cannot have either; ``tests/test_fast.py`` checks it on the CPU with fake CUDA tensors);
 - optionally (``compile=True``) compiles each stage with ``torch.compile(fullgraph=True)`` first: the
   ``sam3lt`` ops are custom ops, so there is no graph break, and the CUDA graphs capture the compiled code.
@@ -24,7 +24,7 @@ counts graph replays and such fallbacks. Without CUDA (or with ``cuda_graphs=Fal
 path runs without capture.
 
 Outputs are copies of the static buffers (``copy_outputs=True``, the default: a later call would overwrite
-them); with ``copy_outputs=False`` they are views valid until the next call of the same bucket.
+them); with ``copy_outputs=False`` they are views valid until the next call.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from . import ops
 from .model import Sam3LiteTextModel, Sam3LiteTextOutput, VisionOutput
 from .model.common import sine_position_grid
 
@@ -87,7 +88,7 @@ class FastSam3LiteText:
     """
 
     def __init__(self, model: Sam3LiteTextModel, *, cuda_graphs: bool, compile: bool, image_batches, prompt_buckets,
-                 seq_len: int, copy_outputs: bool, compile_mode: str | None = None):
+                 seq_len: int, copy_outputs: bool, compile_mode: str | None = None, tune: bool = False):
         self.model = model
         # one image with N prompts runs in the 1-image bucket: it is always there
         self.image_batches = _buckets("image_batches", (1, *image_batches))
@@ -102,14 +103,22 @@ class FastSam3LiteText:
         vit = cfg.vision_config.backbone_config
         self.image_size = vit.image_size
         self.levels = len(cfg.vision_config.scale_factors) - 1  # the coarsest FPN level is unused
-        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        # One memory pool per stage kind. Graphs sharing a pool may reuse each other's temporaries for their
+        # outputs, which is safe only if no graph of the pool runs between one graph's replay and the read of
+        # its outputs: true within a kind (one call replays one vision, one text and one heads graph, in that
+        # order, and hands each one's outputs on before the next of its kind runs), not across kinds (a text
+        # graph captured before a vision graph could overwrite the vision outputs the heads are about to read).
+        self._pools = {k: torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+                       for k in ("vision", "text", "heads")}
         self._vision: dict[int, _Stage] = {}
         self._text: dict[int, _Stage] = {}
         self._heads: dict[tuple[int, int], _Stage] = {}
-        self._fns = {"vision": self._vision_fn, "text": self._text_fn, "heads": self._heads_fn}
+        self.tune = bool(tune)
+        self._raw = {"vision": self._vision_fn, "text": self._text_fn, "heads": self._heads_fn}
+        self._fns = dict(self._raw)
         if compile:
             self._fns = {k: torch.compile(fn, fullgraph=True, dynamic=False, mode=compile_mode)
-                         for k, fn in self._fns.items()}
+                         for k, fn in self._raw.items()}
         # position encodings of the levels the heads use: constants the graphs read (held here, so the memory a
         # graph reads can never be freed and reused)
         self._pos = self._position_encodings()
@@ -118,7 +127,7 @@ class FastSam3LiteText:
 
     # ---- the three stages (plain functions of tensors; captured or compiled) -------------------------------
     def _vision_fn(self, pixels):
-        out = self.model.vision_encoder(pixels, False, num_levels=self.levels)
+        out = self.model.vision_encoder(pixels, False, num_levels=self.levels, positions=False)
         return (out.last_hidden_state, *out.fpn_hidden_states)
 
     def _text_fn(self, input_ids, attention_mask):
@@ -138,23 +147,29 @@ class FastSam3LiteText:
                     for n in sizes]
 
     # ---- stage instances per bucket -------------------------------------------------------------------
-    def _stage(self, table: dict, key, fn: Callable, make_inputs: Callable[[], tuple]) -> _Stage:
+    def _stage(self, table: dict, key, name: str, make_inputs: Callable[[], tuple]) -> _Stage:
         stage = table.get(key)
         if stage is None:
+            if not self._fns:
+                raise RuntimeError("FastSam3LiteText: closed; build a new one with sam3lt.optimize(model)")
             self.stats["captures" if self.cuda_graphs else "buckets"] += 1
-            stage = table[key] = _Stage(fn, make_inputs(), self._pool)
+            inputs = make_inputs()
+            if self.tune:  # measure the backends per op at these shapes, before compiling or capturing
+                with ops.autotune():
+                    self._raw[name](*inputs)
+            stage = table[key] = _Stage(self._fns[name], inputs, self._pools[name])
         return stage
 
     def _vision_stage(self, images: int) -> _Stage:
         size = self.image_size
-        return self._stage(self._vision, images, self._fns["vision"], lambda: (
+        return self._stage(self._vision, images, "vision", lambda: (
             torch.randn(images, 3, size, size, device=self.device, dtype=self.dtype),))
 
     def _text_stage(self, prompts: int) -> _Stage:
         def inputs():
             ids = torch.randint(1, 1000, (prompts, self.seq_len), device=self.device)
             return ids, torch.ones(prompts, self.seq_len, dtype=torch.long, device=self.device)
-        return self._stage(self._text, prompts, self._fns["text"], inputs)
+        return self._stage(self._text, prompts, "text", inputs)
 
     def _heads_stage(self, images: int, prompts: int) -> _Stage:
         # inputs: the text stage's and the vision stage's static outputs (one call chains the three stages)
@@ -164,7 +179,7 @@ class FastSam3LiteText:
             if self.cuda_graphs:
                 return (*text_out, *vision_out[1:])
             return tuple(t.clone() for t in (*text_out, *vision_out[1:]))  # no capture: own buffers
-        return self._stage(self._heads, (images, prompts), self._fns["heads"], inputs)
+        return self._stage(self._heads, (images, prompts), "heads", inputs)
 
     def _prompt_bucket(self, prompts: int) -> int | None:
         return next((b for b in self.prompt_buckets if b >= prompts), None)
@@ -246,16 +261,10 @@ class FastSam3LiteText:
                  text_embeds=None, input_boxes: torch.Tensor | None = None,
                  input_boxes_labels: torch.Tensor | None = None, output_hidden_states: bool = False,
                  **kwargs) -> Sam3LiteTextOutput:
-        kwargs.pop("original_sizes", None)
+        self.model._check_sources("FastSam3LiteText", pixel_values, vision_embeds, input_ids, text_embeds, kwargs)
         args = dict(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
                     vision_embeds=vision_embeds, text_embeds=text_embeds, input_boxes=input_boxes,
-                    input_boxes_labels=input_boxes_labels, output_hidden_states=output_hidden_states, **kwargs)
-        if kwargs:
-            raise TypeError(f"FastSam3LiteText: unexpected argument(s) {sorted(kwargs)}")
-        if (pixel_values is None) == (vision_embeds is None):
-            raise ValueError("pixel_values / vision_embeds: pass exactly one of them")
-        if (input_ids is None) == (text_embeds is None):
-            raise ValueError("input_ids / text_embeds: pass exactly one of them")
+                    input_boxes_labels=input_boxes_labels, output_hidden_states=output_hidden_states)
         if input_boxes is not None and input_boxes.numel() > 0:
             return self._fallback("box prompts", **args)
         if output_hidden_states:
@@ -317,6 +326,16 @@ class FastSam3LiteText:
             n = prompts
             return Sam3LiteTextOutput(**{name: self._out(t, n) for name, t in zip(_OUTPUT_FIELDS, outputs)})
 
+    def close(self) -> None:
+        """Free the graphs and static buffers now (the stage functions refer back to this object, so without
+        close() the memory goes only when the garbage collector breaks that cycle). The model stays usable; this
+        object does not."""
+        self._vision.clear()
+        self._text.clear()
+        self._heads.clear()
+        self._fns = self._raw = {}
+        self.model.detr_decoder.precompute_first_layer(None)
+
     def __repr__(self) -> str:
         return (f"FastSam3LiteText(dtype={self.dtype}, device={self.device}, cuda_graphs={self.cuda_graphs}, "
                 f"compile={self.compiled}, image_batches={self.image_batches}, "
@@ -326,7 +345,8 @@ class FastSam3LiteText:
 def optimize(model: Sam3LiteTextModel, *, dtype: torch.dtype = torch.bfloat16, device=None,
              cuda_graphs: bool | None = None, compile: bool = False, compile_mode: str | None = None,
              image_batches: Sequence[int] = (1,), prompt_buckets: Sequence[int] = (1, 4, 16, 64),
-             seq_len: int = 32, copy_outputs: bool = True, warmup: bool = False) -> FastSam3LiteText:
+             seq_len: int = 32, copy_outputs: bool = True, warmup: bool = False,
+             tune: bool | None = None) -> FastSam3LiteText:
     """Prepare ``model`` for fast inference (in place) and return the :class:`FastSam3LiteText` that runs it.
 
     Args:
@@ -340,6 +360,9 @@ def optimize(model: Sam3LiteTextModel, *, dtype: torch.dtype = torch.bfloat16, d
         seq_len: the token length the text graphs take (the processor pads prompts to 32).
         copy_outputs: return copies of the static output buffers (default) rather than views of them.
         warmup: capture every bucket now rather than at its first call.
+        tune: before a stage is compiled or captured, time every backend that can run each of its op calls at
+            those shapes and keep the fastest (:func:`sam3lt.ops.autotune`; default: on CUDA). This is how a
+            Triton GEMM with a fused epilogue is chosen over cuBLAS only where it wins on the device at hand.
     """
     if not isinstance(model, Sam3LiteTextModel):
         raise TypeError(f"model: expected a sam3lt Sam3LiteTextModel, got {type(model).__name__}")
@@ -362,7 +385,7 @@ def optimize(model: Sam3LiteTextModel, *, dtype: torch.dtype = torch.bfloat16, d
     model.validate_inputs = False
     fast = FastSam3LiteText(model, cuda_graphs=cuda_graphs, compile=compile, image_batches=image_batches,
                             prompt_buckets=prompt_buckets, seq_len=seq_len, copy_outputs=copy_outputs,
-                            compile_mode=compile_mode)
+                            compile_mode=compile_mode, tune=device.type == "cuda" if tune is None else tune)
     return fast.warmup() if warmup else fast
 
 

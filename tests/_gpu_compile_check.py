@@ -52,9 +52,9 @@ class StandInDriver:
 _driver.set_active(StandInDriver())
 
 import sam3lt.ops as ops  # noqa: E402
-from sam3lt.kernels import box_attention, repmixer, upsample, window_attention  # noqa: E402
+from sam3lt.kernels import box_attention, layer_norm, linear, repmixer, upsample, window_attention  # noqa: E402
 
-MODULES = (repmixer, window_attention, box_attention, upsample)
+MODULES = (repmixer, window_attention, box_attention, upsample, layer_norm, linear)
 
 
 def compile_all() -> list[dict]:
@@ -105,6 +105,16 @@ def compile_all() -> list[dict]:
             upsample.mask_product(e(1, 200, 256), e(1, 256, 288, 288))
             case = f"masks to binary {dtype}"
             upsample.masks_to_binary(e(4, 288, 288), (1080, 1920), 0.5)
+            case = f"ViT add + LayerNorm {dtype}"
+            layer_norm.add_layer_norm(e(1, 72, 72, 1024), e(1, 72, 72, 1024), e(1024), e(1024), 1e-6)
+            case = f"DETR add + LayerNorm {dtype}"
+            layer_norm.add_layer_norm(e(1, 5184, 256), e(1, 5184, 256), e(256), e(256), 1e-5)
+            case = f"ViT fc1 + GELU {dtype}"
+            linear.linear(e(1, 72, 72, 1024), e(4736, 1024), e(4736), "gelu", None)
+            case = f"ViT fc2 + residual {dtype}"
+            linear.linear(e(1, 72, 72, 4736), e(1024, 4736), e(1024), None, e(1, 72, 72, 1024))
+            case = f"DETR fc1 + ReLU, ragged {dtype}"
+            linear.linear(e(201, 256), e(2048, 256), e(2048), "relu", None)
     finally:
         for m, launch in zip(MODULES, saved):
             m.launch = launch

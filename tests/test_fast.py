@@ -131,6 +131,18 @@ def test_copy_outputs(pair):
     assert not _second_call_changes_first_output(sam3lt.optimize(model, dtype=torch.float32), model.config)
 
 
+def test_close(pair):
+    _, model = pair
+    fast = sam3lt.optimize(model, dtype=torch.float32)
+    inputs = _inputs(model.config)
+    fast(**inputs)
+    fast.close()
+    assert not fast._heads and model.detr_decoder._first_layer_cache is None
+    with pytest.raises(RuntimeError, match="closed"):
+        fast(**inputs)
+    model(**inputs)  # the model itself still runs
+
+
 def test_bf16_agrees_with_fp32(pair):
     """The documented bf16 tolerance, on the tiny model (full size on a GPU: test_gpu_full_size_bf16_accuracy)."""
     ref_model, model = pair
@@ -304,7 +316,6 @@ def test_gpu_replay_has_no_sync():
 
 @needs_gpu
 @pytest.mark.gpu
-@pytest.mark.slow
 def test_gpu_full_size_bf16_accuracy():
     """The README's bf16 tolerance at full size: default S0 config, random weights, a 1008² image, one prompt."""
     torch.manual_seed(0)
@@ -314,3 +325,19 @@ def test_gpu_full_size_bf16_accuracy():
     inputs = _inputs(model.config, device="cuda")
     stats = agreement(fast(**inputs), _reference(ref_model, **inputs))
     assert stats["mask_iou"] >= MIN_MASK_IOU and stats["score_max_diff"] <= MAX_SCORE_DIFF, stats
+
+
+def test_first_encoder_self_attention_runs_once_per_image(pair, monkeypatch):
+    """N prompts on one image: the DETR encoder's first self-attention (prompt-independent) runs on one copy."""
+    ref_model, model = pair
+    batches = []
+    attn = model.detr_encoder.layers[0].self_attn
+    forward = attn.forward
+    monkeypatch.setattr(attn, "forward", lambda q, k, v, mask=None: batches.append(q.shape[0]) or forward(q, k, v, mask))
+    inputs = _inputs(model.config, 1, 3)
+    out = _reference(model, **inputs)
+    assert batches == [1]
+    for i in range(3):  # each prompt alone (batch 1: nothing shared) gives the same result
+        one = _reference(ref_model, pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"][i:i + 1],
+                         attention_mask=inputs["attention_mask"][i:i + 1])
+        _assert_equal_outputs(sam3lt.Sam3LiteTextOutput(**{k: getattr(out, k)[i:i + 1] for k in OUTPUTS}), one)

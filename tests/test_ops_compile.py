@@ -104,3 +104,83 @@ def test_compile_fullgraph_auto_fallback_on_cpu(monkeypatch):
         eager = _all_ops(args)
     for name in OPS:
         assert torch.equal(compiled[name], eager[name]), name
+
+
+# ---------------------------------------------------------------- add_layer_norm (two outputs: checked on its own)
+
+def _ln_args(gen):
+    return (randn(gen, 2, 3, 4, 100), randn(gen, 2, 3, 4, 100), randn(gen, 100), randn(gen, 100), 1e-5)
+
+
+def _ln_twice(args):
+    """The ViT's pattern: the sum feeds the next fused add."""
+    x, r, w, b, eps = args
+    s, h = ops.add_layer_norm(x, r, w, b, eps)
+    return ops.add_layer_norm(s, h, w, b, eps)
+
+
+def _same(a, b, rtol=0.0, atol=0.0):
+    return all(torch.allclose(u, v, rtol=rtol, atol=atol) for u, v in zip(a, b))
+
+
+@kernel_test
+def test_add_layer_norm_opcheck_and_fast_path(request):
+    args = _ln_args(seed_for(request))
+    torch.library.opcheck(torch.ops.sam3lt.add_layer_norm.default, args)
+    assert _same(ops.add_layer_norm(*args, backend="triton"), torch.ops.sam3lt.add_layer_norm(*args))
+
+
+@kernel_test
+def test_add_layer_norm_compile_fullgraph_triton(request):
+    args = _ln_args(seed_for(request))
+    with ops.use_backend("triton"):
+        eager = _ln_twice(args)
+        torch._dynamo.reset()
+        compiled = torch.compile(_ln_twice, fullgraph=True, backend="inductor" if CUDA else "aot_eager")(args)
+    assert _same(compiled, eager, 1e-5, 1e-5)
+
+
+@pytest.mark.skipif(CUDA, reason="checks the CPU fallback")
+def test_add_layer_norm_compile_fullgraph_auto_fallback_on_cpu(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    args = _ln_args(torch.Generator().manual_seed(2))
+    torch._dynamo.reset()
+    compiled = torch.compile(_ln_twice, fullgraph=True, backend="eager")(args)
+    with ops.use_backend("eager"):
+        assert _same(compiled, _ln_twice(args))
+
+
+# ---------------------------------------------------------------- linear (auto=False: triton only when named)
+
+def _lin_args(gen):
+    return (randn(gen, 2, 7, 32), randn(gen, 48, 32), randn(gen, 48), randn(gen, 32, 48, scale=0.2), randn(gen, 32))
+
+
+def _lin_mlp(args, backend=None):
+    """The ViT MLP's pattern: fc1 + GELU, then fc2 + bias + residual."""
+    x, w1, b1, w2, b2 = args
+    h = ops.linear(x, w1, b1, "gelu", backend=backend)
+    return ops.linear(h, w2, b2, None, x, backend=backend)
+
+
+@kernel_test
+def test_linear_fast_path_and_compile_fullgraph_triton(request):
+    args = _lin_args(seed_for(request))
+    x, w1, b1, _, _ = args
+    fast = ops.linear(x, w1, b1, "relu", backend="triton")
+    assert torch.equal(fast, torch.ops.sam3lt.linear(x, w1, b1, "relu", None))
+    with ops.use_backend("triton"):
+        eager = _lin_mlp(args)
+        torch._dynamo.reset()
+        compiled = torch.compile(_lin_mlp, fullgraph=True, backend="inductor" if CUDA else "aot_eager")(args)
+    assert torch.allclose(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(CUDA, reason="checks the CPU fallback")
+def test_linear_compile_fullgraph_auto_on_cpu(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    args = _lin_args(torch.Generator().manual_seed(3))
+    torch._dynamo.reset()
+    compiled = torch.compile(_lin_mlp, fullgraph=True, backend="eager")(args)
+    with ops.use_backend("eager"):
+        assert torch.equal(compiled, _lin_mlp(args))

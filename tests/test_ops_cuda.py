@@ -466,12 +466,11 @@ def _model_parity(device, dtype, rtol, monkeypatch, emulated=False):
     model = sam3lt.Sam3LiteTextModel(config).eval().to(device=device)
     inputs = _model_inputs(config, device)
     calls = []
-    for name in _cuda.OPS + ("mask_product",):
+    for name in _cuda.OPS + _cuda.TORCH_OPS:
         impl = _backend._REGISTRY[name]["cuda"]
         fn = impl.fn
-        if emulated:  # the emulated kernels stand in for the extension, on CPU tensors
-            fn = mask_product_reference if name == "mask_product" else (
-                lambda n: lambda *a: Target("emulated", "cpu", ()).run(n, *a))(name)
+        if emulated:  # the emulated kernels stand in for the extension, on CPU tensors (torch's ops run as they are)
+            fn = fn if name in _cuda.TORCH_OPS else (lambda n: lambda *a: Target("emulated", "cpu", ()).run(n, *a))(name)
             monkeypatch.setattr(impl, "supports", lambda *a: None)
         monkeypatch.setattr(impl, "fn", (lambda f, n: lambda *a: calls.append(n) or f(*a))(fn, name))
     with torch.no_grad():

@@ -11,6 +11,8 @@ import torch
 
 from ..common import DTYPES, compute_ceiling, error_text, free_cuda, is_oom, rotating, xformers_status
 from . import bench_attention, bench_cross_attention, bench_repmixer, bench_upsample
+from . import bench_layer_norm
+from . import bench_linear
 from ._case import Case, nbytes
 
 FAMILIES = {
@@ -18,6 +20,8 @@ FAMILIES = {
     "cross_attention": bench_cross_attention,
     "repmixer": bench_repmixer,
     "upsample": bench_upsample,
+    "layer_norm": bench_layer_norm,
+    "linear": bench_linear,
 }
 
 

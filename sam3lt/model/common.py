@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
+from ..ops.linear import ACTIVATIONS as LINEAR_ACTIVATIONS
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
                "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu}
@@ -52,16 +53,25 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """fc1 → act → fc2 (HF ``Sam3LiteTextMLP`` / ``Sam3MLP``; dropout is identity at inference)."""
+    """fc1 → act → fc2 (HF ``Sam3LiteTextMLP`` / ``Sam3MLP``; dropout is identity at inference).
+
+    With a "gelu" or "relu" activation, fc1 + act is one ``ops.linear`` call: eager runs the same F.linear then
+    F.gelu / F.relu (bitwise the plain modules), the triton backend one GEMM with the activation fused.
+    ``backend`` picks the backend of that call for this module alone (None: the process-wide choice).
+    """
 
     def __init__(self, hidden_size: int, intermediate_size: int, act: str):
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
         self.act = activation(act)
+        self.fused_act = act if act in LINEAR_ACTIVATIONS else None
+        self.backend: str | None = None
 
     def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+        if self.fused_act is None:
+            return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(ops.linear(x, self.fc1.weight, self.fc1.bias, activation=self.fused_act, backend=self.backend))
 
 
 class PreNormAttentionLayer(nn.Module):

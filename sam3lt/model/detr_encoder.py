@@ -13,8 +13,14 @@ class DetrEncoderLayer(PreNormAttentionLayer):
         super().__init__(config.hidden_size, config.num_attention_heads, config.intermediate_size, config.hidden_act)
 
     def forward(self, x, pos, prompt, prompt_mask):
-        h = self.layer_norm1(x)
-        hp = h + pos
+        # One image broadcast to many prompts (a stride-0 batch, the first layer's input): the self-attention
+        # of the image tokens does not depend on the prompt yet, so it runs once and is broadcast.
+        if x.shape[0] > 1 and x.stride(0) == 0 and pos.stride(0) == 0:
+            h = self.layer_norm1(x[:1])
+            hp = h + pos[:1]
+        else:
+            h = self.layer_norm1(x)
+            hp = h + pos
         x = x + self.self_attn(hp, hp, h)
         x = x + self.cross_attn(self.layer_norm2(x), prompt, prompt, prompt_mask)
         return x + self.mlp(self.layer_norm3(x))

@@ -172,6 +172,16 @@ class Sam3LiteTextModel(nn.Module):
             if not bool(inside.all()):
                 raise ValueError("input_boxes: coordinates must be normalised (cx, cy, w, h) in [0, 1]")
 
+    @staticmethod
+    def _check_sources(caller: str, pixel_values, vision_embeds, input_ids, text_embeds, kwargs: dict) -> None:
+        kwargs.pop("original_sizes", None)  # processor output, so that model(**inputs) works as in HF
+        if kwargs:
+            raise TypeError(f"{caller}: unexpected argument(s) {sorted(kwargs)}")
+        if (pixel_values is None) == (vision_embeds is None):
+            raise ValueError("pixel_values / vision_embeds: pass exactly one of them")
+        if (input_ids is None) == (text_embeds is None):
+            raise ValueError("input_ids / text_embeds: pass exactly one of them")
+
     def forward(self, pixel_values: torch.Tensor | None = None, vision_embeds: VisionOutput | None = None,
                 input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 text_embeds=None, input_boxes: torch.Tensor | None = None,
@@ -181,13 +191,7 @@ class Sam3LiteTextModel(nn.Module):
 
         ``text_embeds`` is the output of :meth:`get_text_features` (or HF's), or its ``pooler_output`` tensor.
         """
-        kwargs.pop("original_sizes", None)  # processor output, so that model(**inputs) works as in HF
-        if kwargs:
-            raise TypeError(f"forward: unexpected argument(s) {sorted(kwargs)}")
-        if (pixel_values is None) == (vision_embeds is None):
-            raise ValueError("pixel_values / vision_embeds: pass exactly one of them")
-        if (input_ids is None) == (text_embeds is None):
-            raise ValueError("input_ids / text_embeds: pass exactly one of them")
+        self._check_sources("forward", pixel_values, vision_embeds, input_ids, text_embeds, kwargs)
         levels = len(self.config.vision_config.scale_factors) - 1  # the coarsest level is unused
         if vision_embeds is None:
             self._check_pixels(pixel_values)

@@ -55,8 +55,16 @@ class ViTLayer(nn.Module):
         self.mlp = MLP(config.hidden_size, config.intermediate_size, config.hidden_act)
 
     def forward(self, x, cos, sin):
-        x = x + self.attention(self.layer_norm1(x), cos, sin, self.window_size)
-        return x + self.mlp(self.layer_norm2(x))
+        return self.forward_fused(x, self.layer_norm1(x), cos, sin)[0]
+
+    def forward_fused(self, x, h, cos, sin, next_norm: nn.LayerNorm | None = None):
+        """The block with its residual adds fused into the LayerNorms that follow them. ``h`` is
+        ``layer_norm1(x)`` (the previous block's fused output); returns the block output and
+        ``next_norm(output)`` (None without ``next_norm``), the next block's ``h``."""
+        x, h = ops.add_layer_norm_module(x, self.attention(h, cos, sin, self.window_size), self.layer_norm2)
+        if next_norm is None:
+            return x + self.mlp(h), None
+        return ops.add_layer_norm_module(x, self.mlp(h), next_norm)
 
 
 class PatchEmbeddings(nn.Module):
@@ -118,11 +126,15 @@ class ViTModel(nn.Module):
     def forward(self, pixel_values, output_hidden_states: bool = False):
         x = self.layer_norm(self.embeddings(pixel_values))  # (B, H, W, C)
         hidden_states = [x]  # as HF: the layers' input first, then every layer's output
-        for layer in self.layers:
+        layers = self.layers
+        h = layers[0].layer_norm1(x) if len(layers) else None
+        for i, layer in enumerate(layers):
+            # each MLP residual add is fused with the next layer's layer_norm1; the last one is a plain add
+            next_norm = layers[i + 1].layer_norm1 if i + 1 < len(layers) else None
             if layer.window_size > 0:
-                x = layer(x, self.rope_window_cos, self.rope_window_sin)
+                x, h = layer.forward_fused(x, h, self.rope_window_cos, self.rope_window_sin, next_norm)
             else:
-                x = layer(x, self.rope_global_cos, self.rope_global_sin)
+                x, h = layer.forward_fused(x, h, self.rope_global_cos, self.rope_global_sin, next_norm)
             if output_hidden_states:
                 hidden_states.append(x)
         return x, tuple(hidden_states) if output_hidden_states else None
@@ -163,12 +175,15 @@ class VisionNeck(nn.Module):
         self.fpn_layers = nn.ModuleList([
             FPNLayer(config.backbone_config.hidden_size, config.fpn_hidden_size, s) for s in config.scale_factors])
 
-    def forward(self, x, num_levels: int | None = None):
-        """x: (B, C, H, W). Returns the first ``num_levels`` levels and their sine position encodings."""
+    def forward(self, x, num_levels: int | None = None, positions: bool = True):
+        """x: (B, C, H, W). Returns the first ``num_levels`` levels and their sine position encodings (none
+        with ``positions=False``: the fast path holds its own copies)."""
         feats, pos = [], []
         for layer in self.fpn_layers[:num_levels]:
             f = layer(x)
             feats.append(f)
+            if not positions:
+                continue
             grid = sine_position_grid(f.shape[-2], f.shape[-1], self.fpn_dim // 2, True, f.dtype, f.device)
             pos.append(grid.unsqueeze(0).expand(f.shape[0], -1, -1, -1))
         return tuple(feats), tuple(pos)
@@ -194,8 +209,9 @@ class VisionEncoder(nn.Module):
         self.backbone = ViTModel(config.backbone_config)
         self.neck = VisionNeck(config)
 
-    def forward(self, pixel_values, output_hidden_states: bool = False, num_levels: int | None = None):
+    def forward(self, pixel_values, output_hidden_states: bool = False, num_levels: int | None = None,
+                positions: bool = True):
         x, hidden = self.backbone(pixel_values, output_hidden_states)
         batch, height, width, channels = x.shape
-        feats, pos = self.neck(x.permute(0, 3, 1, 2), num_levels)
+        feats, pos = self.neck(x.permute(0, 3, 1, 2), num_levels, positions)
         return VisionOutput(x.reshape(batch, height * width, channels), feats, pos, hidden)

@@ -12,7 +12,9 @@ time it would have served CUDA inputs (never while ``torch.compile`` traces: a w
 :func:`explain` says which backend runs an op on given inputs and why the others do not. A backend forced by
 name that cannot run raises :class:`BackendUnavailable` with its reason. An implementation registered with
 ``auto=False`` runs only when its backend is asked for by name (``auto`` passes over it silently): for a
-kernel that works but is not the fastest choice, e.g. the Triton mask-product GEMM against cuBLAS.
+kernel that works but is not the fastest choice, e.g. the Triton mask-product GEMM against cuBLAS. Inside
+:func:`sam3lt.ops.autotune` the ``auto`` choice is measured instead, per op and input signature, among every
+backend that can take the inputs (``auto=False`` ones included; :mod:`sam3lt.ops._tuning`).
 
 The selection is plain Python that ``torch.compile`` traces (and guards on); the non-eager implementations
 are ``sam3lt::`` custom ops, so a compiled model has no graph break at an op call.
@@ -27,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from . import _tuning
 
 BACKENDS = ("cuda", "triton", "eager")
 _CHOICES = ("auto",) + BACKENDS
@@ -145,6 +149,11 @@ def select(op: str, backend: str | None, *args) -> tuple[str, Callable]:
         if reason is not None:
             raise BackendUnavailable(f"{op}: backend {choice!r} cannot run these inputs: {reason}")
         return choice, _REGISTRY[op][choice].fn
+    if op in _tuning.TUNED_OPS or _tuning.tuning_active():  # a measured choice for these inputs (sam3lt.ops.autotune)
+        candidates = {name: impl.fn for name, impl in _REGISTRY.get(op, {}).items() if impl.supports(*args) is None}
+        tuned = _tuning.lookup(op, args, candidates, _compiling())
+        if tuned is not None:
+            return tuned, candidates[tuned]
     for name in BACKENDS:
         impl = _REGISTRY.get(op, {}).get(name)
         if impl is not None and not impl.auto:

@@ -111,3 +111,35 @@ def masks_to_binary(mask_logits, size) -> str | None:
     if int(size[0]) < 0 or int(size[1]) < 0:
         return "negative output size"
     return None
+
+
+def add_layer_norm_problem(x, residual, weight, bias) -> tuple[type[Exception], str] | None:
+    """(exception type, message naming the argument) when the arguments of ``add_layer_norm`` do not fit, else None:
+    x and residual (..., C) of one shape and one floating dtype; weight and bias (C,) floating; one device."""
+    named = (("x", x), ("residual", residual), ("weight", weight), ("bias", bias))
+    for name, t in named:
+        if not isinstance(t, torch.Tensor):
+            return TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}"
+        if not t.is_floating_point():
+            return TypeError, f"{name} must have a floating dtype, got {t.dtype}"
+    if x.dim() == 0:
+        return ValueError, "x must have at least one dimension (the normalised channels)"
+    if residual.shape != x.shape:
+        return ValueError, f"residual shape {tuple(residual.shape)} differs from x shape {tuple(x.shape)}"
+    if residual.dtype != x.dtype:
+        return TypeError, f"residual dtype {residual.dtype} differs from x dtype {x.dtype}"
+    channels = x.shape[-1]
+    for name, t in named[2:]:
+        if t.dim() != 1 or t.shape[0] != channels:
+            return ValueError, f"{name} must be ({channels},) (x's last dim), got {tuple(t.shape)}"
+    if weight.dtype != bias.dtype:
+        return TypeError, f"bias dtype {bias.dtype} differs from weight dtype {weight.dtype}"
+    for name, t in named[1:]:
+        if t.device != x.device:
+            return ValueError, f"{name} is on {t.device} but x is on {x.device}"
+    return None
+
+
+def add_layer_norm(x, residual, weight, bias) -> str | None:
+    problem = add_layer_norm_problem(x, residual, weight, bias)
+    return None if problem is None else problem[1]

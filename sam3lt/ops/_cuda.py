@@ -32,6 +32,8 @@ import torch
 from .. import _ext
 from . import _contracts as contract
 from ._backend import dispatch, register, set_missing_check, unavailable_reason
+from .linear import linear_reference
+from .norm import add_layer_norm_reference
 from .upsample import mask_product_reference
 
 _INT32_MAX = 2**31 - 1
@@ -192,4 +194,11 @@ def _supports_repmixer_block(x, w1, b1, w2, b2):
 register("repmixer_block_dwconv", "cuda", _repmixer_block, _supports_repmixer_block)
 # mask_product: torch's cuBLAS matmul, only when cuda is named (auto runs the identical eager reference)
 register("mask_product", "cuda", mask_product_reference, _supports_mask_product, auto=False)
+TORCH_OPS = ("mask_product", "add_layer_norm", "linear")  # cuda backend = torch's CUDA kernels (no sam3lt._C code)
+# add_layer_norm, linear: no kernel of their own either; a forced "cuda" (e.g. a whole model) runs torch's CUDA
+# kernels (cuBLAS for linear), auto=False as for mask_product
+register("add_layer_norm", "cuda", add_layer_norm_reference, lambda x, r, w, b, *_: _common((x, r, w, b)),
+         auto=False)
+register("linear", "cuda", linear_reference,
+         lambda x, w, b=None, act=None, r=None, *_: _common([t for t in (x, w, b, r) if t is not None]), auto=False)
 set_missing_check("cuda", missing_reason)

@@ -24,6 +24,10 @@ Ops (schemas inferred from the annotations below):
 - ``sam3lt::mask_product(Tensor mask_embed, Tensor pixel_embed) -> Tensor`` (registered with ``auto=False``:
   under ``auto`` torch's cuBLAS matmul runs; the Triton GEMM is used when the triton backend is named)
 - ``sam3lt::masks_to_binary(Tensor mask_logits, int[] size, float threshold) -> Tensor``
+- ``sam3lt::add_layer_norm(Tensor x, Tensor residual, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor)``
+- ``sam3lt::linear(Tensor x, Tensor weight, Tensor? bias, str? activation, Tensor? residual) -> Tensor`` (GEMM
+  with the bias / GELU / ReLU / residual epilogue fused; ``auto=False`` like mask_product: cuBLAS + elementwise
+  ops by default, the Triton GEMM where a call site or the process names the triton backend)
 """
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ INTERPRETED = False
 if TRITON_MISSING is None:
     try:
         from ..kernels import box_attention as _box
+        from ..kernels import layer_norm as _ln
+        from ..kernels import linear as _lin
         from ..kernels import repmixer as _rep
         from ..kernels import upsample as _up
         from ..kernels import window_attention as _win
@@ -146,6 +152,15 @@ def _supports_masks_to_binary(mask_logits, size, threshold=0.5, *_):
             or _common((mask_logits,), mask_logits.shape[0] * int(size[0]) * int(size[1])))
 
 
+def _supports_add_layer_norm(x, residual, weight, bias, eps=1e-5, *_):
+    reason = contract.add_layer_norm(x, residual, weight, bias)
+    if reason is None and x.shape[-1] > _ln.MAX_CHANNELS:
+        reason = f"{x.shape[-1]} channels > {_ln.MAX_CHANNELS} (a row is normalised in registers)"
+    if reason is None and weight.dtype not in (x.dtype, torch.float32):
+        reason = f"weight dtype {weight.dtype} is neither x's ({x.dtype}) nor float32"
+    return reason or _common((x, residual, weight, bias))  # rows are indexed in int64: no output limit
+
+
 # ---------------------------------------------------------------- custom ops
 
 def _define(name: str, fn):
@@ -219,6 +234,15 @@ else:
     OPS = {}
 
 
+if TRITON_MISSING is None:
+    def _add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor,
+                        eps: float) -> tuple[Tensor, Tensor]:
+        return _ln.add_layer_norm(x, residual, weight, bias, eps)
+
+    _BODIES["add_layer_norm"] = _add_layer_norm
+    OPS["add_layer_norm"] = _define("add_layer_norm", _add_layer_norm)
+
+
 def _plain_eager_call(args) -> bool:
     """True for a plain eager call: not traced by torch.compile, no torch_dispatch mode (fake tensors, make_fx,
     functionalization) active, only plain tensors, nothing that needs autograd. The op's own dispatch costs
@@ -257,6 +281,7 @@ _SUPPORTS = {
     "upsample_nearest_add": _supports_upsample_nearest_add,
     "mask_product": _supports_mask_product,
     "masks_to_binary": _supports_masks_to_binary,
+    "add_layer_norm": _supports_add_layer_norm,
 }
 
 
@@ -273,3 +298,30 @@ def _checked(check):
 for _name, _check in _SUPPORTS.items():
     register(_name, "triton", _impl(_name), _checked(_check), auto=_name != "mask_product")
 set_missing_check("triton", lambda: TRITON_MISSING)
+
+
+# ---------------------------------------------------------------- linear (GEMM + fused epilogue)
+
+from .linear import check_args as _linear_args  # noqa: E402
+
+
+def _supports_linear(x, weight, bias=None, activation=None, residual=None, *_):
+    problem = _linear_args(x, weight, bias, activation, residual)
+    if problem is not None:
+        return problem[1]
+    rows = x.shape[:-1].numel()
+    # x may be copied by the launcher's reshape (an expanded x): its element count must fit int32 too
+    return _common([t for t in (x, weight, bias, residual) if t is not None],
+                   max(rows * weight.shape[0], x.numel()))
+
+
+if TRITON_MISSING is None:
+    def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None,
+                residual: Tensor | None) -> Tensor:
+        return _lin.linear(x, weight, bias, activation, residual)
+
+    _BODIES["linear"] = _linear
+    OPS["linear"] = _define("linear", _linear)
+
+# auto=False: cuBLAS (the eager reference) stays the default; the fused GEMM runs where the triton backend is named
+register("linear", "triton", _impl("linear"), _checked(_supports_linear), auto=False)

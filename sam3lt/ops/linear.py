@@ -1,0 +1,70 @@
+"""Linear layer with a fused epilogue: ``act(x @ weight.T + bias) (+ residual)``.
+
+The eager reference is torch's ``F.linear`` (cuBLAS on a GPU) followed by separate elementwise kernels; the
+Triton backend is one GEMM with bias, activation and residual applied to the fp32 accumulator and a single
+rounding at the store. Which one is faster depends on the shape, so the Triton GEMM is registered with
+``auto=False``: it runs only where a call site (or the process) names the ``triton`` backend.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._backend import dispatch
+
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # gelu: exact (erf), torch's default
+
+
+def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     activation: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Eager reference (the spec), in the input dtype with torch's rounding after each step. See :func:`linear`."""
+    y = F.linear(x, weight, bias)
+    if activation is not None:
+        y = ACTIVATIONS[activation](y)
+    return y if residual is None else y + residual
+
+
+def check_args(x, weight, bias=None, activation=None, residual=None) -> tuple[type, str] | None:
+    """None when the arguments fit :func:`linear`, else (exception type, message naming the argument)."""
+    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
+        if t is None and name in ("bias", "residual"):
+            continue
+        if not isinstance(t, torch.Tensor):
+            return TypeError, f"{name} must be a tensor, got {type(t).__name__}"
+        if not t.dtype.is_floating_point:
+            return TypeError, f"{name} must be a floating-point tensor, got {t.dtype}"
+        if t.dtype != x.dtype:
+            return TypeError, f"{name} dtype {t.dtype} differs from x dtype {x.dtype}"
+        if t.device != x.device:
+            return ValueError, f"{name} is on {t.device}, x on {x.device}"
+    if activation is not None and activation not in ACTIVATIONS:
+        return ValueError, f"activation must be None or one of {sorted(ACTIVATIONS)}, got {activation!r}"
+    if x.dim() < 1:
+        return ValueError, "x must have at least one dimension (..., K)"
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+        return ValueError, f"weight must be (N, K) with K = x.shape[-1] = {x.shape[-1]}, got {tuple(weight.shape)}"
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        return ValueError, f"bias must be (N,) = ({weight.shape[0]},), got {tuple(bias.shape)}"
+    out_shape = (*x.shape[:-1], weight.shape[0])
+    if residual is not None and tuple(residual.shape) != out_shape:
+        return ValueError, f"residual must have the output shape {out_shape}, got {tuple(residual.shape)}"
+    return None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None,
+           residual: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
+    """``act(x @ weight.T + bias) (+ residual)``.
+
+    Args:
+        x: (..., K). weight: (N, K) (``nn.Linear`` layout; any strides). bias: (N,) or None.
+        activation: None, "gelu" (exact erf GELU, ``F.gelu``'s default) or "relu", applied before the residual.
+        residual: None or a tensor of the output shape (..., N), added last.
+        All tensors share x's floating dtype and device.
+    Returns:
+        (..., N) in x's dtype. Under ``auto`` torch's F.linear + elementwise ops run (the triton GEMM is used
+        only when the triton backend is named: per call with ``backend="triton"`` or process-wide).
+    """
+    problem = check_args(x, weight, bias, activation, residual)
+    if problem is not None:
+        raise problem[0](f"linear: {problem[1]}")
+    return dispatch("linear", backend, x, weight, bias, activation, residual)

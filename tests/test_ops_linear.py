@@ -1,0 +1,141 @@
+"""Triton linear (GEMM + bias / activation / residual epilogue) against the eager reference; argument checks,
+backend selection (auto keeps cuBLAS) and the model's MLP."""
+from _interp import DEVICE, DTYPES, check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+
+import pytest
+import torch
+
+import sam3lt.ops as ops
+from sam3lt.model.common import MLP
+from sam3lt.ops import _backend
+
+ACTS = [None, "gelu", "relu"]
+
+
+def _check(x, w, b=None, act=None, r=None, what=""):
+    out = ops.linear(x, w, b, act, r, backend="triton")
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    check_close(out, ops.linear_reference(d(x), d(w), d(b), act, d(r)), ops.linear_reference(x, w, b, act, r),
+                x.dtype, what)
+
+
+# (M, K, N): one token, ragged everything, a multiple of the blocks, more row blocks than GROUP_M (swizzle), K = 0
+SHAPES = [(1, 64, 96), (77, 200, 130), (300, 256, 512), (1100, 40, 130), (5, 0, 7)]
+
+
+@kernel_test
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("M, K, N", SHAPES, ids=lambda v: str(v))
+def test_linear_shapes(M, K, N, dtype, request):
+    gen = seed_for(request)
+    x, w, b, r = randn(gen, M, K, dtype=dtype), randn(gen, N, K, dtype=dtype), randn(gen, N, dtype=dtype), \
+        randn(gen, M, N, dtype=dtype)
+    _check(x, w, b, "gelu", r, (M, K, N))
+
+
+@kernel_test
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("act", ACTS, ids=str)
+@pytest.mark.parametrize("bias, residual", [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["plain", "bias", "residual", "bias+residual"])
+def test_linear_epilogues(act, bias, residual, dtype, request):
+    gen = seed_for(request)
+    x = randn(gen, 2, 3, 11, 72, dtype=dtype)  # 4-D x: 66 rows
+    w = randn(gen, 40, 72, dtype=dtype, scale=0.2)
+    b = randn(gen, 40, dtype=dtype) if bias else None
+    r = randn(gen, 2, 3, 11, 40, dtype=dtype) if residual else None
+    _check(x, w, b, act, r, f"{act} bias={bias} residual={residual}")
+
+
+@kernel_test
+def test_linear_strided_inputs(request):
+    gen = seed_for(request)
+    x = randn(gen, 3, 40, 17)[:, ::2].transpose(1, 2)  # (3, 17, 20), K not innermost: reshape copies
+    x_sliced = randn(gen, 4, 9, 50)[..., 3:35]  # (4, 9, 32), row stride 50: a view
+    w_t = randn(gen, 20, 33).t()  # weight (33, 20) as a transposed view: strides (1, 33)
+    w = randn(gen, 33, 64)[:, ::2]  # (33, 32), K stride 2
+    b = randn(gen, 66)[::2]  # (33,), stride 2
+    r = randn(gen, 9, 4, 33).transpose(0, 1)  # (4, 9, 33), non-contiguous residual
+    _check(x, w_t, b, "gelu", randn(gen, 17, 3, 33).transpose(0, 1), "x transposed")
+    _check(x_sliced, w, b, "relu", r, "x sliced")
+
+
+@kernel_test
+def test_linear_empty(request):
+    gen = seed_for(request)
+    out = ops.linear(randn(gen, 0, 7, 16), randn(gen, 8, 16), None, "gelu", backend="triton")
+    assert out.shape == (0, 7, 8)
+
+
+@kernel_test
+def test_auto_keeps_cublas_and_triton_is_named(request, monkeypatch):
+    """auto=False: under auto the reference (cuBLAS) runs; backend="triton" (per call or process-wide) runs the
+    kernel."""
+    gen = seed_for(request)
+    args = (randn(gen, 5, 32), randn(gen, 24, 32), randn(gen, 24), "gelu", None)
+    assert _backend.select("linear", None, *args)[0] == "eager"
+    # cuda (torch's cuBLAS, for a model forced to cuda) and triton run only when named
+    assert not _backend._REGISTRY["linear"]["cuda"].auto and not _backend._REGISTRY["linear"]["triton"].auto
+    calls = []
+    impl = _backend._REGISTRY["linear"]["triton"]
+    monkeypatch.setattr(impl, "fn", (lambda f: lambda *a: calls.append(1) or f(*a))(impl.fn))
+    ops.linear(*args)
+    assert not calls
+    out = ops.linear(*args, backend="triton")
+    with ops.use_backend("triton"):
+        again = ops.linear(*args)
+    assert len(calls) == 2 and torch.equal(out, again)
+
+
+@kernel_test
+def test_mlp_backend_override(request):
+    """The model's MLP: eager is bitwise fc2(act(fc1(x))); ``mlp.backend = "triton"`` runs the fused GEMM."""
+    torch.manual_seed(0)
+    x = randn(seed_for(request), 2, 9, 32)
+    for act in ("gelu", "relu", "quick_gelu"):
+        mlp = MLP(32, 80, act).to(DEVICE)
+        with torch.no_grad():
+            plain = mlp.fc2(mlp.act(mlp.fc1(x)))
+            assert torch.equal(mlp(x), plain), act
+            mlp.backend = "triton"
+            fused = mlp(x)
+        torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
+
+
+def _bad(**kw):
+    args = dict(x=torch.randn(3, 8), weight=torch.randn(5, 8), bias=torch.randn(5), activation=None, residual=None)
+    args.update(kw)
+    return args
+
+
+@pytest.mark.parametrize("kw, exc, name", [
+    (dict(weight=torch.randn(5, 7)), ValueError, "weight"),
+    (dict(weight=torch.randn(5, 8, 1)), ValueError, "weight"),
+    (dict(bias=torch.randn(4)), ValueError, "bias"),
+    (dict(residual=torch.randn(3, 4)), ValueError, "residual"),
+    (dict(activation="silu"), ValueError, "activation"),
+    (dict(x=torch.ones(3, 8, dtype=torch.long)), TypeError, "x"),
+    (dict(weight=torch.randn(5, 8).half()), TypeError, "weight"),
+    (dict(bias=[0.0] * 5), TypeError, "bias"),
+    (dict(residual=torch.randn(3, 5, device="meta")), ValueError, "residual"),
+])
+def test_argument_errors_name_the_argument(kw, exc, name):
+    with pytest.raises(exc, match=rf"linear: {name}\b"):
+        ops.linear(**_bad(**kw))
+
+
+def test_triton_supports_gives_reasons():
+    from sam3lt.ops import _triton
+
+    x, w = torch.randn(3, 8), torch.randn(5, 8)
+    assert "weight" in _triton._supports_linear(x, torch.randn(5, 7))
+    assert "activation" in _triton._supports_linear(x, w, None, "tanh", None)
+    assert "dtype" in _triton._supports_linear(x.double(), w.double())  # fp64: valid for the op, not the kernel
+
+
+@kernel_test
+def test_opcheck(request):
+    gen = seed_for(request)
+    for args in [(randn(gen, 2, 5, 32), randn(gen, 24, 32), randn(gen, 24), "gelu", randn(gen, 2, 5, 24)),
+                 (randn(gen, 7, 20), randn(gen, 9, 20), None, None, None)]:
+        torch.library.opcheck(torch.ops.sam3lt.linear.default, args)
