@@ -3,7 +3,8 @@
 What it does to the model (in place; the returned object holds it):
 
 - casts it to ``dtype`` (bf16 by default; the RoPE tables stay fp32, as HF keeps them) on ``device``, folds the
-  RepMixer BatchNorms, switches off the input checks that read tensor values (they sync the device), and caches
+  RepMixer BatchNorms, lets projections of one input share a GEMM (``model.fuse_projections``), switches off the
+  input checks that read tensor values (they sync the device), and caches
   what depends on the weights alone: the FPN position encodings and the DETR decoder's first-layer query
   positions and box bias;
 - splits the forward into three stages, each run on static input buffers: ``vision`` (ViT + neck), ``text``
@@ -148,6 +149,10 @@ class FastSam3LiteText:
 
     # ---- stage instances per bucket -------------------------------------------------------------------
     def _stage(self, table: dict, key, name: str, make_inputs: Callable[[], tuple]) -> _Stage:
+        if self.model.dtype != self.dtype or self.model.device != self.device:
+            # the graphs read the weights where they were at capture: a moved model would leave them stale
+            raise RuntimeError(f"FastSam3LiteText: the model was moved or cast after optimize() (now "
+                               f"{self.model.dtype} on {self.model.device}); call sam3lt.optimize(model) again")
         stage = table.get(key)
         if stage is None:
             if not self._fns:
@@ -192,11 +197,10 @@ class FastSam3LiteText:
         each prompt bucket, and each image batch with one prompt per image."""
         with torch.inference_mode():
             for n in prompts or self.prompt_buckets:
-                self._heads_stage(self.image_batches[0], n)
+                self._heads_stage(1, n)
             for b in images or self.image_batches:
-                bucket = self._prompt_bucket(b)
-                if bucket is not None:
-                    self._heads_stage(b, bucket)
+                if b > 1:  # B images run with B prompts (one per image): the (B, B) heads bucket
+                    self._heads_stage(b, b)
         return self
 
     # ---- public API -----------------------------------------------------------------------------------
@@ -382,6 +386,8 @@ def optimize(model: Sam3LiteTextModel, *, dtype: torch.dtype = torch.bfloat16, d
     model.fold_batchnorm()
     if any(p.device != device or p.dtype != dtype for p in model.parameters()):
         model.to(device=device, dtype=dtype)
+    if model.detr_decoder.layers[0].self_attn.qkv_weight is None:  # after .to(): the weights stay views
+        model.fuse_projections()
     model.validate_inputs = False
     fast = FastSam3LiteText(model, cuda_graphs=cuda_graphs, compile=compile, image_batches=image_batches,
                             prompt_buckets=prompt_buckets, seq_len=seq_len, copy_outputs=copy_outputs,

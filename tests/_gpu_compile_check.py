@@ -55,6 +55,9 @@ import sam3lt.ops as ops  # noqa: E402
 from sam3lt.kernels import box_attention, layer_norm, linear, repmixer, upsample, window_attention  # noqa: E402
 
 MODULES = (repmixer, window_attention, box_attention, upsample, layer_norm, linear)
+from sam3lt.kernels import box_bias  # noqa: E402
+
+MODULES = MODULES + (box_bias,)
 
 
 def compile_all() -> list[dict]:
@@ -115,6 +118,11 @@ def compile_all() -> list[dict]:
             linear.linear(e(1, 72, 72, 4736), e(1024, 4736), e(1024), None, e(1, 72, 72, 1024))
             case = f"DETR fc1 + ReLU, ragged {dtype}"
             linear.linear(e(201, 256), e(2048, 256), e(2048), "relu", None)
+            rpb = (e(256, 2), e(256), e(8, 256), e(8))  # box_rpb_embed layer1/layer2
+            case = f"DETR decoder box bias 72x72 {dtype}"
+            box_bias.box_bias(e(1, 200, 4), 72, 72, *rpb, *rpb)
+            case = f"DETR decoder box bias, 4 prompts, 5x9, ragged hidden {dtype}"
+            box_bias.box_bias(e(4, 200, 4), 5, 9, e(40, 2), e(40), e(3, 40), e(3), e(40, 2), e(40), e(3, 40), e(3))
     finally:
         for m, launch in zip(MODULES, saved):
             m.launch = launch
@@ -154,6 +162,34 @@ def trace_ops() -> dict:
             "out_shapes": [list(o.shape) for o in outs], "out_dtypes": [str(o.dtype) for o in outs]}
 
 
+def trace_box_bias() -> dict:
+    """box_bias (two outputs, int arguments) traced like trace_ops: one kernel launch writing only its outputs."""
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_function
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm)
+
+    def model(boxes, w1, b1, w2, b2):
+        with ops.use_backend("triton"):
+            return ops.box_bias(boxes, 6, 9, w1, b1, w2, b2, w1, b1, w2, b2)
+
+    with FakeTensorMode():
+        def e(*shape):
+            return torch.empty(*shape, device="cuda", dtype=torch.bfloat16)
+
+        outs = aot_function(model, fw_compiler=capture)(e(2, 7, 4), e(32, 2), e(32), e(8, 32), e(8))
+    code = graphs[0].code
+    return {"kernel_nodes": code.count("higher_order.triton_kernel_wrapper_functional("),
+            "clones_only_outputs": code.count("tensors_to_clone = ['out_y_ptr', 'out_x_ptr']"),
+            "sam3lt_ops_left": code.count("torch.ops.sam3lt"),
+            "out_shapes": [list(o.shape) for o in outs], "out_dtypes": [str(o.dtype) for o in outs]}
+
+
 def main() -> int:
     report = {"capability": CAPABILITY, "triton": triton.__version__, "torch": torch.__version__}
     failures = []
@@ -173,6 +209,14 @@ def main() -> int:
                             f"sam3lt ops, got {traced}")
     except Exception as exc:  # noqa: BLE001
         failures.append(f"trace: {type(exc).__name__}: {exc}")
+    try:
+        traced = trace_box_bias()
+        report["trace_box_bias"] = traced
+        if (traced["kernel_nodes"], traced["clones_only_outputs"], traced["sam3lt_ops_left"]) != (1, 1, 0) or \
+                traced["out_shapes"] != [[2, 8, 8, 6], [2, 8, 8, 9]]:
+            failures.append(f"trace box_bias: expected one kernel launch writing only its two outputs, got {traced}")
+    except Exception as exc:  # noqa: BLE001
+        failures.append(f"trace box_bias: {type(exc).__name__}: {exc}")
     report["failures"] = failures
     print(json.dumps(report))
     return 1 if failures else 0

@@ -184,3 +184,40 @@ def test_linear_compile_fullgraph_auto_on_cpu(monkeypatch):
     compiled = torch.compile(_lin_mlp, fullgraph=True, backend="eager")(args)
     with ops.use_backend("eager"):
         assert torch.equal(compiled, _lin_mlp(args))
+
+
+# ---------------------------------------------------------------- box_bias (two outputs, int arguments)
+
+def _bb_args(gen):
+    boxes = torch.rand(2, 7, 4, generator=gen).to(DEVICE)
+    weights = []
+    for _ in "yx":
+        weights += [randn(gen, 24, 2), randn(gen, 24), randn(gen, 8, 24, scale=0.2), randn(gen, 8)]
+    return (boxes, 5, 9, *weights)
+
+
+def _bb_layer(args):
+    """The decoder's pattern: the bias of the current boxes, consumed by the attention's bias tables."""
+    y, x = ops.box_bias(*args)
+    return y + 1, x.sum(-1)
+
+
+@kernel_test
+def test_box_bias_opcheck_and_compile_fullgraph_triton(request):
+    args = _bb_args(seed_for(request))
+    torch.library.opcheck(torch.ops.sam3lt.box_bias.default, args)
+    with ops.use_backend("triton"):
+        eager = _bb_layer(args)
+        torch._dynamo.reset()
+        compiled = torch.compile(_bb_layer, fullgraph=True, backend="inductor" if CUDA else "aot_eager")(args)
+    assert _same(compiled, eager, 1e-5, 1e-5)
+
+
+@pytest.mark.skipif(CUDA, reason="checks the CPU fallback")
+def test_box_bias_compile_fullgraph_auto_on_cpu(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    args = _bb_args(torch.Generator().manual_seed(4))
+    torch._dynamo.reset()
+    compiled = torch.compile(_bb_layer, fullgraph=True, backend="eager")(args)
+    with ops.use_backend("eager"):
+        assert _same(compiled, _bb_layer(args))

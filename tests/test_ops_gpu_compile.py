@@ -34,4 +34,5 @@ def test_kernels_compile_for_sm90_and_ops_trace():
     assert proc.returncode == 0
     kernels = {c["kernel"] for c in report["compiled"]}
     assert kernels == {"_dwconv_kernel", "_window_attn_kernel", "_attn_kernel", "_nearest_add_kernel",
-                       "_mask_product_kernel", "_masks_to_binary_kernel", "_add_ln_kernel", "_linear_kernel"}, kernels
+                       "_mask_product_kernel", "_masks_to_binary_kernel", "_add_ln_kernel", "_linear_kernel",
+                       "_box_bias_kernel"}, kernels

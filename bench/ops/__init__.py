@@ -13,6 +13,7 @@ from ..common import DTYPES, compute_ceiling, error_text, free_cuda, is_oom, rot
 from . import bench_attention, bench_cross_attention, bench_repmixer, bench_upsample
 from . import bench_layer_norm
 from . import bench_linear
+from . import bench_box_bias
 from ._case import Case, nbytes
 
 FAMILIES = {
@@ -22,6 +23,7 @@ FAMILIES = {
     "upsample": bench_upsample,
     "layer_norm": bench_layer_norm,
     "linear": bench_linear,
+    "box_bias": bench_box_bias,
 }
 
 

@@ -41,9 +41,36 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, hidden_size)
         self.v_proj = nn.Linear(hidden_size, hidden_size)
         self.o_proj = nn.Linear(hidden_size, hidden_size)
+        # set by fuse_projections; buffers (not in the state dict) so that .to() keeps them with the weights
+        self.register_buffer("qkv_weight", None, persistent=False)
+        self.register_buffer("qkv_bias", None, persistent=False)
+
+    def fuse_projections(self) -> None:
+        """Put the q/k/v weights in one (3·D, D) tensor (the three Linear weights become views of it, so no
+        memory is added) so that projections of one input share a GEMM: q and k when ``query is key`` (self-
+        attention with a position encoding), k and v when ``key is value`` (cross-attention), all three when the
+        three are one tensor. For inference with frozen weights (:func:`sam3lt.optimize`); the results equal
+        the separate GEMMs up to the GEMM's own rounding."""
+        layers = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([p.weight.detach() for p in layers])
+        bias = torch.cat([p.bias.detach() for p in layers])
+        d = self.q_proj.weight.shape[0]
+        for i, p in enumerate(layers):
+            p.weight = nn.Parameter(weight[i * d:(i + 1) * d], requires_grad=False)
+            p.bias = nn.Parameter(bias[i * d:(i + 1) * d], requires_grad=False)
+        self.qkv_weight, self.qkv_bias = weight, bias
 
     def project(self, query, key, value):
         heads = self.num_heads
+        if self.qkv_weight is not None and (query is key or key is value):
+            w, b, d = self.qkv_weight, self.qkv_bias, self.qkv_weight.shape[0] // 3
+            if query is key and key is value:
+                q, k, v = F.linear(query, w, b).chunk(3, dim=-1)
+            elif query is key:
+                (q, k), v = F.linear(query, w[:2 * d], b[:2 * d]).chunk(2, dim=-1), self.v_proj(value)
+            else:
+                q, (k, v) = self.q_proj(query), F.linear(key, w[d:], b[d:]).chunk(2, dim=-1)
+            return split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
         return (split_heads(self.q_proj(query), heads), split_heads(self.k_proj(key), heads),
                 split_heads(self.v_proj(value), heads))
 
@@ -117,9 +144,25 @@ def box_cxcywh_to_xyxy(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
 
 
+@functools.lru_cache(maxsize=None)  # never evicted: CUDA graphs of the fast path read these tensors
+def _dim_t_cached(num_feats: int, temperature: float, dtype, device) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        dim_t = torch.arange(num_feats, dtype=torch.int64, device=device).to(dtype)
+        return temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+
+
 def _dim_t(num_feats: int, temperature: float, dtype, device) -> torch.Tensor:
-    dim_t = torch.arange(num_feats, dtype=torch.int64, device=device).to(dtype)
-    return temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+    """The sine encodings' frequency divisors (a constant per size, dtype and device: computed once)."""
+    if torch.compiler.is_compiling():  # traced: the compiler folds the constant itself
+        return _dim_t_cached.__wrapped__(num_feats, temperature, dtype, device)
+    return _dim_t_cached(int(num_feats), float(temperature), dtype, torch.device(device))
+
+
+def clear_constant_caches() -> None:
+    """Drop the cached constant tensors (position-encoding grids, frequency divisors). Not while CUDA graphs of
+    :func:`sam3lt.optimize` are alive: they read the divisors."""
+    _sine_grid_cached.cache_clear()
+    _dim_t_cached.cache_clear()
 
 
 def _interleave_sin_cos(pos: torch.Tensor) -> torch.Tensor:

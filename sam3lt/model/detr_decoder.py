@@ -4,15 +4,13 @@ refinement after every layer. The box bias is passed to :func:`sam3lt.ops.box_bi
 separable form (per-row and per-column terms), never as the (B, heads, Q, H·W) matrix."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
 from ..config import Sam3LiteTextDETRDecoderConfig
-from .common import MLP, Attention, DecoderMLP, box_cxcywh_to_xyxy, encode_boxes_sine, inverse_sigmoid
+from .common import MLP, Attention, DecoderMLP, encode_boxes_sine, inverse_sigmoid
 
 
 class DetrDecoderLayer(nn.Module):
@@ -36,13 +34,6 @@ class DetrDecoderLayer(nn.Module):
         q, k, v = attn.project(x + query_pos, vision_key, vision)
         x = self.vision_cross_attn_layer_norm(x + attn.o_proj(ops.box_bias_attention(q, k, v, bias_y, bias_x)))
         return self.mlp_layer_norm(x + self.mlp(x))
-
-
-def _log_deltas(coords: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """(B, Q) box edges, (G,) grid coordinates -> (B, Q, G, 2) sign·log2(8|Δ| + 1)/3."""
-    deltas = coords.view(1, 1, -1, 1) - torch.stack([lo, hi], dim=-1).unsqueeze(2)
-    deltas = deltas * 8
-    return torch.sign(deltas) * torch.log2(torch.abs(deltas) + 1.0) / math.log2(8)
 
 
 class DetrDecoder(nn.Module):
@@ -85,25 +76,24 @@ class DetrDecoder(nn.Module):
 
     def box_bias(self, boxes: torch.Tensor, height: int, width: int):
         """Separable box bias for the queries plus a zero row for the presence token:
-        bias_y (B, heads, 1+Q, H) and bias_x (B, heads, 1+Q, W)."""
-        x0, y0, x1, y1 = box_cxcywh_to_xyxy(boxes).unbind(-1)
-        coords_h = torch.arange(0, height, device=boxes.device, dtype=boxes.dtype) / height
-        coords_w = torch.arange(0, width, device=boxes.device, dtype=boxes.dtype) / width
-        by = self.box_rpb_embed_y(_log_deltas(coords_h, y0, y1))  # (B, Q, H, heads)
-        bx = self.box_rpb_embed_x(_log_deltas(coords_w, x0, x1))  # (B, Q, W, heads)
-        pad = (0, 0, 0, 0, 1, 0)  # prepend the presence token's zero row along Q
-        return F.pad(by, pad).permute(0, 3, 1, 2), F.pad(bx, pad).permute(0, 3, 1, 2)
+        bias_y (B, heads, 1+Q, H) and bias_x (B, heads, 1+Q, W) (:func:`sam3lt.ops.box_bias`; its eager backend
+        is the original module code, bitwise, and the triton backend one kernel launch for both)."""
+        ey, ex = self.box_rpb_embed_y, self.box_rpb_embed_x
+        return ops.box_bias(boxes, int(height), int(width), ey.layer1.weight, ey.layer1.bias, ey.layer2.weight,
+                            ey.layer2.bias, ex.layer1.weight, ex.layer1.bias, ex.layer2.weight, ex.layer2.bias)
 
     def forward(self, vision, vision_pos, spatial_shape, text, text_mask, output_hidden_states: bool = False):
         """vision, vision_pos (B, H·W, D); text (B, Lp, D); text_mask (B, Lp) True = valid or None.
-        Returns per-layer normalised query states (L, B, Q, D), the reference boxes each layer started from
-        (L, B, Q, 4), presence logits (L, B, 1) and optionally the raw per-layer states."""
+        Returns the last layer's normalised query states (B, Q, D), the reference boxes each layer started from
+        (L, B, Q, 4), the refined boxes after the last layer (B, Q, 4) cxcywh, the last layer's presence logit
+        (B, 1) and optionally the raw per-layer states. (HF also computes the presence logit after every layer,
+        for training losses; the model's outputs use the last one only, so only that one is computed.)"""
         batch = vision.shape[0]
         height, width = spatial_shape
         boxes = self.reference_points.weight.unsqueeze(0).expand(batch, -1, -1).sigmoid()
         x = torch.cat([self.presence_token.weight, self.query_embed.weight]).unsqueeze(0).expand(batch, -1, -1)
         vision_key = vision + vision_pos
-        outputs, ref_boxes, presence, hidden = [], [boxes], [], [x]  # hidden: input, then each layer
+        ref_boxes, hidden = [boxes], [x]  # hidden: input, then each layer
         cache = self._first_layer_cache
         key = (height, width, boxes.dtype, boxes.device)
         for i, layer in enumerate(self.layers):
@@ -116,9 +106,8 @@ class DetrDecoder(nn.Module):
                 hidden.append(x)
             queries = self.output_layer_norm(x[:, 1:])
             boxes = (self.box_head(queries) + inverse_sigmoid(boxes)).sigmoid()
-            outputs.append(queries)
             ref_boxes.append(boxes)
-            logit = self.presence_head(self.presence_layer_norm(x[:, :1])).squeeze(-1)
-            presence.append(logit.clamp(-self.clamp_presence_logit_max_val, self.clamp_presence_logit_max_val))
-        return (torch.stack(outputs), torch.stack(ref_boxes[:-1]), torch.stack(presence),
+        presence = self.presence_head(self.presence_layer_norm(x[:, :1])).squeeze(-1)
+        presence = presence.clamp(-self.clamp_presence_logit_max_val, self.clamp_presence_logit_max_val)
+        return (queries, torch.stack(ref_boxes[:-1]), boxes, presence,
                 tuple(hidden) if output_hidden_states else None)

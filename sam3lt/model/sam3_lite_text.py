@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..config import Sam3LiteTextConfig
-from .common import box_cxcywh_to_xyxy, inverse_sigmoid
+from .common import Attention, box_cxcywh_to_xyxy
 from .detr_decoder import DetrDecoder
 from .detr_encoder import DetrEncoder
 from .geometry import GeometryEncoder
@@ -103,6 +103,14 @@ class Sam3LiteTextModel(nn.Module):
     def fold_batchnorm(self) -> "Sam3LiteTextModel":
         """Fold the RepMixer BatchNorms and layer scales into the depthwise convolutions (inference)."""
         self.text_encoder.fold()
+        return self
+
+    def fuse_projections(self) -> "Sam3LiteTextModel":
+        """Share one GEMM among the q/k/v projections of one input in the heads' attention layers (inference;
+        :meth:`sam3lt.model.common.Attention.fuse_projections`)."""
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.fuse_projections()
         return self
 
     @property
@@ -250,15 +258,13 @@ class Sam3LiteTextModel(nn.Module):
 
         enc, enc_pos, enc_hidden = self.detr_encoder(feats[-1], pos[-1], prompt, prompt_mask, output_hidden_states)
         spatial = tuple(feats[-1].shape[-2:])
-        queries, ref_boxes, presence, dec_hidden = self.detr_decoder(enc, enc_pos, spatial, prompt, prompt_mask,
-                                                                     output_hidden_states)
-        last = queries[-1]
-        boxes = (inverse_sigmoid(ref_boxes[-1]) + self.detr_decoder.box_head(last)).sigmoid()
+        last, ref_boxes, boxes, presence, dec_hidden = self.detr_decoder(enc, enc_pos, spatial, prompt, prompt_mask,
+                                                                         output_hidden_states)
         logits = self.dot_product_scoring(last, prompt, prompt_mask)
         masks, semantic = self.mask_decoder(last, feats, enc, prompt, prompt_mask)
         return Sam3LiteTextOutput(
             pred_masks=masks, pred_boxes=box_cxcywh_to_xyxy(boxes), pred_logits=logits,
-            presence_logits=presence[-1], semantic_seg=semantic, decoder_hidden_states=dec_hidden,
+            presence_logits=presence, semantic_seg=semantic, decoder_hidden_states=dec_hidden,
             decoder_reference_boxes=ref_boxes, encoder_hidden_states=enc_hidden)
 
     def _add_box_prompts(self, text, text_mask, boxes, labels, image, image_pos):

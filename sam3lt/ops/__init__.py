@@ -10,6 +10,7 @@ from .cross_attention import (box_bias_attention, box_bias_attention_reference, 
                               masked_attention_reference)
 from .norm import add_layer_norm, add_layer_norm_module, add_layer_norm_reference
 from .linear import linear, linear_reference
+from .box_bias import box_bias, box_bias_reference
 from .repmixer import (repmixer_block_dwconv, repmixer_block_dwconv_reference, repmixer_dwconv,
                        repmixer_dwconv_reference)
 from .upsample import (mask_product, mask_product_reference, masks_to_binary, masks_to_binary_reference,
@@ -28,4 +29,5 @@ __all__ = [
     "upsample_nearest_add", "upsample_nearest_add_reference",
     "add_layer_norm", "add_layer_norm_module", "add_layer_norm_reference",
     "linear", "linear_reference",
+    "box_bias", "box_bias_reference",
 ]

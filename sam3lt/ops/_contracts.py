@@ -113,6 +113,23 @@ def masks_to_binary(mask_logits, size) -> str | None:
     return None
 
 
+def tensors_like(ref_name: str, ref, named, optional=()) -> tuple[type[Exception], str] | None:
+    """(exception type, message naming the argument) unless every (name, tensor) in ``named`` is a floating-point
+    tensor of ``ref``'s dtype on ``ref``'s device (or None, for the names in ``optional``)."""
+    for name, t in named:
+        if t is None and name in optional:
+            continue
+        if not isinstance(t, torch.Tensor):
+            return TypeError, f"{name} must be a tensor, got {type(t).__name__}"
+        if not t.dtype.is_floating_point:
+            return TypeError, f"{name} must be a floating-point tensor, got {t.dtype}"
+        if t.dtype != ref.dtype:
+            return TypeError, f"{name} dtype {t.dtype} differs from {ref_name} dtype {ref.dtype}"
+        if t.device != ref.device:
+            return ValueError, f"{name} is on {t.device}, {ref_name} on {ref.device}"
+    return None
+
+
 def add_layer_norm_problem(x, residual, weight, bias) -> tuple[type[Exception], str] | None:
     """(exception type, message naming the argument) when the arguments of ``add_layer_norm`` do not fit, else None:
     x and residual (..., C) of one shape and one floating dtype; weight and bias (C,) floating; one device."""

@@ -202,3 +202,10 @@ register("add_layer_norm", "cuda", add_layer_norm_reference, lambda x, r, w, b, 
 register("linear", "cuda", linear_reference,
          lambda x, w, b=None, act=None, r=None, *_: _common([t for t in (x, w, b, r) if t is not None]), auto=False)
 set_missing_check("cuda", missing_reason)
+
+# box_bias: no sam3lt._C kernel either; a forced "cuda" runs the eager reference on torch's CUDA kernels (auto=False:
+# under auto the Triton kernel, or the same reference, runs)
+from .box_bias import box_bias_reference  # noqa: E402
+
+TORCH_OPS = TORCH_OPS + ("box_bias",)
+register("box_bias", "cuda", box_bias_reference, lambda boxes, height, width, *w: _common((boxes, *w)), auto=False)

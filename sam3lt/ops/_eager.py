@@ -17,3 +17,7 @@ register("mask_product", "eager", mask_product_reference)
 register("masks_to_binary", "eager", masks_to_binary_reference)
 register("add_layer_norm", "eager", add_layer_norm_reference)
 register("linear", "eager", linear_reference)
+
+from .box_bias import box_bias_reference  # noqa: E402
+
+register("box_bias", "eager", box_bias_reference)

@@ -28,6 +28,9 @@ Ops (schemas inferred from the annotations below):
 - ``sam3lt::linear(Tensor x, Tensor weight, Tensor? bias, str? activation, Tensor? residual) -> Tensor`` (GEMM
   with the bias / GELU / ReLU / residual epilogue fused; ``auto=False`` like mask_product: cuBLAS + elementwise
   ops by default, the Triton GEMM where a call site or the process names the triton backend)
+- ``sam3lt::box_bias(Tensor boxes, int height, int width, Tensor wy1, Tensor by1, Tensor wy2, Tensor by2,
+  Tensor wx1, Tensor bx1, Tensor wx2, Tensor bx2) -> (Tensor, Tensor)`` (the DETR decoder's box bias, both axes in
+  one launch; ``auto=True``)
 """
 from __future__ import annotations
 
@@ -325,3 +328,30 @@ if TRITON_MISSING is None:
 
 # auto=False: cuBLAS (the eager reference) stays the default; the fused GEMM runs where the triton backend is named
 register("linear", "triton", _impl("linear"), _checked(_supports_linear), auto=False)
+
+
+# ---------------------------------------------------------------- box_bias (DETR decoder's box relative-position bias)
+
+from .box_bias import check_args as _box_bias_args  # noqa: E402
+
+
+def _supports_box_bias(boxes, height, width, *weights):
+    problem = _box_bias_args(boxes, height, width, *weights)
+    if problem is not None:
+        return problem[1]
+    out_numel = boxes.shape[0] * weights[2].shape[0] * (boxes.shape[1] + 1) * max(height, width)
+    return _common((boxes, *weights), out_numel)
+
+
+if TRITON_MISSING is None:
+    from ..kernels import box_bias as _bb
+
+    def _box_bias(boxes: Tensor, height: int, width: int, wy1: Tensor, by1: Tensor, wy2: Tensor, by2: Tensor,
+                  wx1: Tensor, bx1: Tensor, wx2: Tensor, bx2: Tensor) -> tuple[Tensor, Tensor]:
+        return _bb.box_bias(boxes, height, width, wy1, by1, wy2, by2, wx1, bx1, wx2, bx2)
+
+    _BODIES["box_bias"] = _box_bias
+    OPS["box_bias"] = _define("box_bias", _box_bias)
+
+# auto=True: one launch instead of ~70 small kernels per decoder layer (the fast path's autotuner times it anyway)
+register("box_bias", "triton", _impl("box_bias"), _checked(_supports_box_bias))

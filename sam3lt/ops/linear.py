@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import _contracts as contract
 from ._backend import dispatch
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # gelu: exact (erf), torch's default
@@ -26,17 +27,12 @@ def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 def check_args(x, weight, bias=None, activation=None, residual=None) -> tuple[type, str] | None:
     """None when the arguments fit :func:`linear`, else (exception type, message naming the argument)."""
-    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
-        if t is None and name in ("bias", "residual"):
-            continue
-        if not isinstance(t, torch.Tensor):
-            return TypeError, f"{name} must be a tensor, got {type(t).__name__}"
-        if not t.dtype.is_floating_point:
-            return TypeError, f"{name} must be a floating-point tensor, got {t.dtype}"
-        if t.dtype != x.dtype:
-            return TypeError, f"{name} dtype {t.dtype} differs from x dtype {x.dtype}"
-        if t.device != x.device:
-            return ValueError, f"{name} is on {t.device}, x on {x.device}"
+    if not isinstance(x, torch.Tensor):
+        return TypeError, f"x must be a tensor, got {type(x).__name__}"
+    problem = contract.tensors_like("x", x, (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)),
+                                    optional=("bias", "residual"))
+    if problem is not None:
+        return problem
     if activation is not None and activation not in ACTIVATIONS:
         return ValueError, f"activation must be None or one of {sorted(ACTIVATIONS)}, got {activation!r}"
     if x.dim() < 1:
