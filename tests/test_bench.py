@@ -374,3 +374,13 @@ def test_goals_not_measured_reasons():
     md = goals.markdown(table)
     assert "HF eager / fast = 7.02×" in md and "HF torch.compile end to end: not run" in md
     assert "weights 0.986 GiB" in md and "card" in md.lower() and "abc1234" in md and "triton 3.6.0" in md
+
+
+def test_launch_counts_per_stage():
+    """bench/launches.py: kernels per fast-path stage, eager on the CPU and all-Triton on fake CUDA tensors."""
+    from bench import launches
+
+    eager = launches.count(layers=1, image_size=168)
+    triton = launches.count(layers=1, image_size=168, triton=True)
+    for stage in ("vision", "text", "heads"):
+        assert 0 < triton[stage]["kernels"] < eager[stage]["kernels"], (stage, eager[stage], triton[stage])

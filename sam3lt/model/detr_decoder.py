@@ -27,13 +27,16 @@ class DetrDecoderLayer(nn.Module):
         self.mlp_layer_norm = nn.LayerNorm(d)
 
     def forward(self, x, query_pos, text, text_mask, vision, vision_key, bias_y, bias_x):
+        # post-norm: each residual add and the LayerNorm after it are one op (the sum itself is not needed)
         q = x + query_pos
-        x = self.self_attn_layer_norm(x + self.self_attn(q, q, x))
-        x = self.text_cross_attn_layer_norm(x + self.text_cross_attn(x + query_pos, text, text, text_mask))
+        x = ops.add_layer_norm_module(x, self.self_attn(q, q, x), self.self_attn_layer_norm)[1]
+        x = ops.add_layer_norm_module(x, self.text_cross_attn(x + query_pos, text, text, text_mask),
+                                      self.text_cross_attn_layer_norm)[1]
         attn = self.vision_cross_attn
         q, k, v = attn.project(x + query_pos, vision_key, vision)
-        x = self.vision_cross_attn_layer_norm(x + attn.o_proj(ops.box_bias_attention(q, k, v, bias_y, bias_x)))
-        return self.mlp_layer_norm(x + self.mlp(x))
+        x = ops.add_layer_norm_module(x, attn.o_proj(ops.box_bias_attention(q, k, v, bias_y, bias_x)),
+                                      self.vision_cross_attn_layer_norm)[1]
+        return ops.add_layer_norm_module(x, self.mlp(x), self.mlp_layer_norm)[1]
 
 
 class DetrDecoder(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from .. import ops
 from ..config import Sam3LiteTextDETREncoderConfig
 from .common import PreNormAttentionLayer
 
@@ -21,9 +22,11 @@ class DetrEncoderLayer(PreNormAttentionLayer):
         else:
             h = self.layer_norm1(x)
             hp = h + pos
-        x = x + self.self_attn(hp, hp, h)
-        x = x + self.cross_attn(self.layer_norm2(x), prompt, prompt, prompt_mask)
-        return x + self.mlp(self.layer_norm3(x))
+        attn = self.self_attn(hp, hp, h)
+        # pre-norm: each residual add and the next LayerNorm are one op (ops.add_layer_norm)
+        x, h = ops.add_layer_norm_module(x, attn.expand_as(x), self.layer_norm2)
+        x, h = ops.add_layer_norm_module(x, self.cross_attn(h, prompt, prompt, prompt_mask), self.layer_norm3)
+        return x + self.mlp(h)
 
 
 class DetrEncoder(nn.Module):
