@@ -37,7 +37,7 @@ class OpCounter(TorchDispatchMode):
         return sum(n for op, n in self.counts.items() if not any(v in op for v in VIEW_OPS))
 
 
-def _fake_cuda(model, mode):
+def fake_cuda(model, mode):
     """The model's parameters and buffers as fake CUDA tensors (shapes only; no GPU needed)."""
     import torch.nn as nn
 
@@ -69,7 +69,7 @@ def count(layers: int = 2, image_size: int = 336, prompts: int = 1, triton: bool
 
         clear_constant_caches()  # fake tensors must not stay in the process-wide caches
         mode = FakeTensorMode()
-        model, device = _fake_cuda(model.to(torch.bfloat16).fold_batchnorm(), mode), "cuda"
+        model, device = fake_cuda(model.to(torch.bfloat16).fold_batchnorm(), mode), "cuda"
         scope = contextlib.ExitStack()
         scope.enter_context(mode)
         scope.enter_context(sam3lt.use_backend("triton"))

@@ -232,14 +232,9 @@ class _HostTraffic(TorchDispatchMode):
 
 
 def _fake_cuda_model(mode: FakeTensorMode, dtype=torch.bfloat16):
-    model = sam3lt.Sam3LiteTextModel(_config()).to(dtype).fold_batchnorm()
-    with mode:  # swap every parameter and buffer for a fake CUDA tensor
-        for module in model.modules():
-            for name, p in list(module.named_parameters(recurse=False)):
-                setattr(module, name, nn.Parameter(mode.from_tensor(p).to("cuda"), requires_grad=False))
-            for name, b in list(module.named_buffers(recurse=False)):
-                module._buffers[name] = mode.from_tensor(b).to("cuda")
-    return model
+    from bench.launches import fake_cuda  # every parameter and buffer swapped for a fake CUDA tensor
+
+    return fake_cuda(sam3lt.Sam3LiteTextModel(_config()).to(dtype).fold_batchnorm(), mode)
 
 
 def test_host_traffic_detector_can_fail():
