@@ -11,6 +11,7 @@ goes through ``torch.library.wrap_triton`` so that the ``sam3lt::`` custom ops s
 - :mod:`.layer_norm`: residual add fused with the following LayerNorm (ViT blocks).
 - :mod:`.linear`: GEMM with a fused bias / GELU / ReLU / residual epilogue (MLPs).
 - :mod:`.box_bias`: the DETR decoder's box relative-position bias (log deltas + 2-layer MLP), both axes.
+- :mod:`.box_refine`: the DETR decoder's reference-box update (sigmoid of delta + inverse sigmoid) + box sine encoding.
 
 This package itself is importable without Triton; only the submodules import it. The ops register them as
 the ``triton`` backend in :mod:`sam3lt.ops._triton`.
@@ -24,7 +25,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
-FAMILIES = ("repmixer", "window_attention", "box_attention", "upsample", "linear", "layer_norm", "box_bias")
+FAMILIES = ("repmixer", "window_attention", "box_attention", "upsample", "linear", "layer_norm", "box_bias",
+            "box_refine")
 
 
 def triton_missing() -> str | None:

@@ -58,6 +58,9 @@ MODULES = (repmixer, window_attention, box_attention, upsample, layer_norm, line
 from sam3lt.kernels import box_bias  # noqa: E402
 
 MODULES = MODULES + (box_bias,)
+from sam3lt.kernels import box_refine  # noqa: E402
+
+MODULES = MODULES + (box_refine,)
 
 
 def compile_all() -> list[dict]:
@@ -123,6 +126,10 @@ def compile_all() -> list[dict]:
             box_bias.box_bias(e(1, 200, 4), 72, 72, *rpb, *rpb)
             case = f"DETR decoder box bias, 4 prompts, 5x9, ragged hidden {dtype}"
             box_bias.box_bias(e(4, 200, 4), 5, 9, e(40, 2), e(40), e(3, 40), e(3), e(40, 2), e(40), e(3, 40), e(3))
+            case = f"DETR decoder box refine + encoding, 200 queries, num_feats 128 {dtype}"
+            box_refine.box_refine(e(1, 200, 4), e(1, 200, 4), 128)
+            case = f"DETR decoder box refine, 16 prompts, expanded boxes, num_feats 6 {dtype}"
+            box_refine.box_refine(e(16, 200, 4), e(1, 200, 4).expand(16, 200, 4), 6)
     finally:
         for m, launch in zip(MODULES, saved):
             m.launch = launch
@@ -190,6 +197,34 @@ def trace_box_bias() -> dict:
             "out_shapes": [list(o.shape) for o in outs], "out_dtypes": [str(o.dtype) for o in outs]}
 
 
+def trace_box_refine() -> dict:
+    """box_refine (two outputs, an int argument) traced like trace_ops: one kernel launch writing only its outputs."""
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_function
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm)
+
+    def model(delta, boxes):
+        with ops.use_backend("triton"):
+            return ops.box_refine(delta, boxes, 16)
+
+    with FakeTensorMode():
+        def e(*shape):
+            return torch.empty(*shape, device="cuda", dtype=torch.bfloat16)
+
+        outs = aot_function(model, fw_compiler=capture)(e(2, 7, 4), e(2, 7, 4))
+    code = graphs[0].code
+    return {"kernel_nodes": code.count("higher_order.triton_kernel_wrapper_functional("),
+            "clones_only_outputs": code.count("tensors_to_clone = ['new_ptr', 'enc_ptr']"),
+            "sam3lt_ops_left": code.count("torch.ops.sam3lt"),
+            "out_shapes": [list(o.shape) for o in outs], "out_dtypes": [str(o.dtype) for o in outs]}
+
+
 def main() -> int:
     report = {"capability": CAPABILITY, "triton": triton.__version__, "torch": torch.__version__}
     failures = []
@@ -217,6 +252,14 @@ def main() -> int:
             failures.append(f"trace box_bias: expected one kernel launch writing only its two outputs, got {traced}")
     except Exception as exc:  # noqa: BLE001
         failures.append(f"trace box_bias: {type(exc).__name__}: {exc}")
+    try:
+        traced = trace_box_refine()
+        report["trace_box_refine"] = traced
+        if (traced["kernel_nodes"], traced["clones_only_outputs"], traced["sam3lt_ops_left"]) != (1, 1, 0) or \
+                traced["out_shapes"] != [[2, 7, 4], [2, 7, 64]]:
+            failures.append(f"trace box_refine: expected one kernel launch writing only its two outputs, got {traced}")
+    except Exception as exc:  # noqa: BLE001
+        failures.append(f"trace box_refine: {type(exc).__name__}: {exc}")
     report["failures"] = failures
     print(json.dumps(report))
     return 1 if failures else 0

@@ -293,7 +293,7 @@ needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 
 @needs_gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])  # compiling: minutes
 def test_gpu_graphs_equal_uncaptured(compile):
     torch.manual_seed(0)
     model = sam3lt.Sam3LiteTextModel(_config()).cuda()

@@ -221,3 +221,38 @@ def test_box_bias_compile_fullgraph_auto_on_cpu(monkeypatch):
     compiled = torch.compile(_bb_layer, fullgraph=True, backend="eager")(args)
     with ops.use_backend("eager"):
         assert _same(compiled, _bb_layer(args))
+
+
+# ---------------------------------------------------------------- box_refine (two outputs, an int argument)
+
+def _br_args(gen):
+    delta = randn(gen, 2, 7, 4, scale=2.0)
+    boxes = torch.rand(2, 7, 4, generator=gen).to(DEVICE)
+    return (delta, boxes, 16)
+
+
+def _br_layer(args):
+    """The decoder's pattern: refine the boxes, then use both the boxes and their encoding."""
+    new, enc = ops.box_refine(*args)
+    return new * 2, enc.sum(-1)
+
+
+@kernel_test
+def test_box_refine_opcheck_and_compile_fullgraph_triton(request):
+    args = _br_args(seed_for(request))
+    torch.library.opcheck(torch.ops.sam3lt.box_refine.default, args)
+    with ops.use_backend("triton"):
+        eager = _br_layer(args)
+        torch._dynamo.reset()
+        compiled = torch.compile(_br_layer, fullgraph=True, backend="inductor" if CUDA else "aot_eager")(args)
+    assert _same(compiled, eager, 1e-5, 1e-5)
+
+
+@pytest.mark.skipif(CUDA, reason="checks the CPU fallback")
+def test_box_refine_compile_fullgraph_auto_on_cpu(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    args = _br_args(torch.Generator().manual_seed(5))
+    torch._dynamo.reset()
+    compiled = torch.compile(_br_layer, fullgraph=True, backend="eager")(args)
+    with ops.use_backend("eager"):
+        assert _same(compiled, _br_layer(args))

@@ -14,6 +14,7 @@ from . import bench_attention, bench_cross_attention, bench_repmixer, bench_upsa
 from . import bench_layer_norm
 from . import bench_linear
 from . import bench_box_bias
+from . import bench_box_refine
 from ._case import Case, nbytes
 
 FAMILIES = {
@@ -24,6 +25,7 @@ FAMILIES = {
     "layer_norm": bench_layer_norm,
     "linear": bench_linear,
     "box_bias": bench_box_bias,
+    "box_refine": bench_box_refine,
 }
 
 

@@ -58,10 +58,13 @@ class DetrDecoder(nn.Module):
         self.box_rpb_embed_y = DecoderMLP(2, d, self.num_heads, 2)
         self._first_layer_cache = None  # see precompute_first_layer
 
-    def _layer_inputs(self, boxes, height: int, width: int, num_feats: int):
+    def _layer_inputs(self, boxes, height: int, width: int, num_feats: int, encoding=None):
         """A layer's query position encoding and box bias from its reference boxes (the presence token, row 0,
-        has no position and no bias). The first layer's are functions of the weights alone."""
-        query_pos = F.pad(self.ref_point_head(encode_boxes_sine(boxes, num_feats)), (0, 0, 1, 0))
+        has no position and no bias); ``encoding``: their sine encoding when already computed (``ops.box_refine``).
+        The first layer's are functions of the weights alone."""
+        if encoding is None:
+            encoding = encode_boxes_sine(boxes, num_feats)
+        query_pos = F.pad(self.ref_point_head(encoding), (0, 0, 1, 0))
         return (query_pos, *self.box_bias(boxes, height, width))
 
     def precompute_first_layer(self, height: int | None, width: int | None = None) -> None:
@@ -99,16 +102,20 @@ class DetrDecoder(nn.Module):
         ref_boxes, hidden = [boxes], [x]  # hidden: input, then each layer
         cache = self._first_layer_cache
         key = (height, width, boxes.dtype, boxes.device)
+        num_feats, encoding, last = x.shape[-1] // 2, None, len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if i == 0 and cache is not None and cache[0] == key:
                 query_pos, bias_y, bias_x = (t.expand(batch, *t.shape[1:]) for t in cache[1])
             else:
-                query_pos, bias_y, bias_x = self._layer_inputs(boxes, height, width, x.shape[-1] // 2)
+                query_pos, bias_y, bias_x = self._layer_inputs(boxes, height, width, num_feats, encoding)
             x = layer(x, query_pos, text, text_mask, vision, vision_key, bias_y, bias_x)
             if output_hidden_states:
                 hidden.append(x)
             queries = self.output_layer_norm(x[:, 1:])
-            boxes = (self.box_head(queries) + inverse_sigmoid(boxes)).sigmoid()
+            if i < last:  # refine the boxes and encode them for the next layer in one op
+                boxes, encoding = ops.box_refine(self.box_head(queries), boxes, num_feats)
+            else:
+                boxes = (self.box_head(queries) + inverse_sigmoid(boxes)).sigmoid()
             ref_boxes.append(boxes)
         presence = self.presence_head(self.presence_layer_norm(x[:, :1])).squeeze(-1)
         presence = presence.clamp(-self.clamp_presence_logit_max_val, self.clamp_presence_logit_max_val)

@@ -11,6 +11,7 @@ from .cross_attention import (box_bias_attention, box_bias_attention_reference, 
 from .norm import add_layer_norm, add_layer_norm_module, add_layer_norm_reference
 from .linear import linear, linear_reference
 from .box_bias import box_bias, box_bias_reference
+from .box_refine import box_refine, box_refine_reference
 from .repmixer import (repmixer_block_dwconv, repmixer_block_dwconv_reference, repmixer_dwconv,
                        repmixer_dwconv_reference)
 from .upsample import (mask_product, mask_product_reference, masks_to_binary, masks_to_binary_reference,
@@ -30,4 +31,5 @@ __all__ = [
     "add_layer_norm", "add_layer_norm_module", "add_layer_norm_reference",
     "linear", "linear_reference",
     "box_bias", "box_bias_reference",
+    "box_refine", "box_refine_reference",
 ]

@@ -209,3 +209,10 @@ from .box_bias import box_bias_reference  # noqa: E402
 
 TORCH_OPS = TORCH_OPS + ("box_bias",)
 register("box_bias", "cuda", box_bias_reference, lambda boxes, height, width, *w: _common((boxes, *w)), auto=False)
+
+# box_refine: no sam3lt._C kernel either; a forced "cuda" runs the eager reference on torch's CUDA kernels (auto=False)
+from .box_refine import box_refine_reference  # noqa: E402
+
+TORCH_OPS = TORCH_OPS + ("box_refine",)
+register("box_refine", "cuda", box_refine_reference, lambda delta, boxes, num_feats, *_: _common((delta, boxes)),
+         auto=False)

@@ -21,3 +21,7 @@ register("linear", "eager", linear_reference)
 from .box_bias import box_bias_reference  # noqa: E402
 
 register("box_bias", "eager", box_bias_reference)
+
+from .box_refine import box_refine_reference  # noqa: E402
+
+register("box_refine", "eager", box_refine_reference)

@@ -355,3 +355,28 @@ if TRITON_MISSING is None:
 
 # auto=True: one launch instead of ~70 small kernels per decoder layer (the fast path's autotuner times it anyway)
 register("box_bias", "triton", _impl("box_bias"), _checked(_supports_box_bias))
+
+
+# ---------------------------------------------------------------- box_refine (DETR decoder's box update + sine encoding)
+
+from .box_refine import check_args as _box_refine_args  # noqa: E402
+
+
+def _supports_box_refine(delta, boxes, num_feats, *_):
+    problem = _box_refine_args(delta, boxes, num_feats)
+    if problem is not None:
+        return problem[1]
+    return _common((delta, boxes), delta.shape[0] * delta.shape[1] * 4 * num_feats)
+
+
+if TRITON_MISSING is None:
+    from ..kernels import box_refine as _br
+
+    def _box_refine(delta: Tensor, boxes: Tensor, num_feats: int) -> tuple[Tensor, Tensor]:
+        return _br.box_refine(delta, boxes, num_feats)
+
+    _BODIES["box_refine"] = _box_refine
+    OPS["box_refine"] = _define("box_refine", _box_refine)
+
+# auto=True: one launch instead of ~16 small kernels per decoder layer
+register("box_refine", "triton", _impl("box_refine"), _checked(_supports_box_refine))
