@@ -367,11 +367,31 @@ def test_fused_projections_share_memory_and_equal_separate(pair):
     assert attn.k_proj.weight.data_ptr() == attn.qkv_weight.data_ptr() + d * d * attn.qkv_weight.element_size()
     assert not any("qkv_weight" in k for k in model.state_dict())  # checkpoints are unchanged
     calls = []
-    for name, module in model.named_modules():  # k shares q's or v's GEMM, except where keys = image + position
-        if isinstance(module, sam3lt.model.common.Attention) and "vision_cross_attn" not in name:
+    # k shares q's or v's GEMM, or (DETR cross-attention) one GEMM with the other layers' k (StackedKV)
+    for name, module in model.named_modules():
+        if isinstance(module, sam3lt.model.common.Attention):
             module.k_proj.register_forward_hook(lambda *a, name=name: calls.append(name))
     inputs = _inputs(model.config, 1, 2)
     with torch.no_grad():
         out = model(**inputs)
     assert not calls, calls
     _assert_equal_outputs(out, _reference(ref_model, **inputs))
+
+
+def test_stacked_image_keys_fall_back_per_layer_above_the_bound(pair, monkeypatch):
+    """Many prompts: all decoder layers' image keys/values at once would be large; above the bound they are
+    projected per layer, with the same result."""
+    from sam3lt.model import detr_decoder
+
+    ref_model, model = pair
+    model.fuse_projections()
+    inputs = _inputs(model.config, 1, 2)
+    with torch.no_grad():
+        stacked = model(**inputs)
+        monkeypatch.setattr(detr_decoder, "STACKED_KV_MAX_BYTES", 0)
+        calls = []
+        model.detr_decoder.layers[0].vision_cross_attn.k_proj.register_forward_hook(lambda *a: calls.append(1))
+        per_layer = model(**inputs)
+    assert calls == [1]
+    _assert_equal_outputs(per_layer, stacked)
+    _assert_equal_outputs(per_layer, _reference(ref_model, **inputs))

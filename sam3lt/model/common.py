@@ -79,6 +79,33 @@ class Attention(nn.Module):
         return self.o_proj(ops.masked_attention(q, k, v, key_padding_mask))
 
 
+    def attend(self, query, k, v, key_padding_mask=None):
+        """Attention of ``query`` over keys and values already projected and split into heads (StackedKV)."""
+        q = split_heads(self.q_proj(query), self.num_heads)
+        return self.o_proj(ops.masked_attention(q, k, v, key_padding_mask))
+
+
+class StackedKV(nn.Module):
+    """The k and v projections of several attention layers that attend to the same keys and values (the DETR
+    layers' text or image memory), stacked: two GEMMs for all the layers instead of two per layer. For inference
+    with frozen weights (copies of the weights; small: 2·L·D² values); not in the state dict."""
+
+    def __init__(self, attns: list[Attention]):
+        super().__init__()
+        self.num_heads, self.width = attns[0].num_heads, attns[0].k_proj.weight.shape[0]
+        for name in ("k", "v"):
+            layers = [getattr(a, f"{name}_proj") for a in attns]
+            self.register_buffer(f"{name}_weight", torch.cat([p.weight.detach() for p in layers]), persistent=False)
+            self.register_buffer(f"{name}_bias", torch.cat([p.bias.detach() for p in layers]), persistent=False)
+
+    def forward(self, key, value) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (k, v), split into heads (strided views of the two stacked outputs)."""
+        keys, values = F.linear(key, self.k_weight, self.k_bias), F.linear(value, self.v_weight, self.v_bias)
+        d, heads = self.width, self.num_heads
+        return [(split_heads(keys[..., i * d:(i + 1) * d], heads), split_heads(values[..., i * d:(i + 1) * d], heads))
+                for i in range(self.k_weight.shape[0] // d)]
+
+
 class MLP(nn.Module):
     """fc1 → act → fc2 (HF ``Sam3LiteTextMLP`` / ``Sam3MLP``; dropout is identity at inference).
 

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..config import Sam3LiteTextDETRDecoderConfig
-from .common import MLP, Attention, DecoderMLP, encode_boxes_sine, inverse_sigmoid
+from .common import MLP, Attention, DecoderMLP, StackedKV, encode_boxes_sine, inverse_sigmoid, split_heads
+
+STACKED_KV_MAX_BYTES = 512 * 2**20  # image keys/values of all decoder layers at once up to this size
 
 
 class DetrDecoderLayer(nn.Module):
@@ -26,14 +28,21 @@ class DetrDecoderLayer(nn.Module):
         self.mlp = MLP(d, config.intermediate_size, config.hidden_act)
         self.mlp_layer_norm = nn.LayerNorm(d)
 
-    def forward(self, x, query_pos, text, text_mask, vision, vision_key, bias_y, bias_x):
+    def forward(self, x, query_pos, text, text_mask, vision, vision_key, bias_y, bias_x, text_kv=None,
+                vision_kv=None):
+        """text_kv / vision_kv: this layer's text / image keys and values when already projected (StackedKV)."""
         # post-norm: each residual add and the LayerNorm after it are one op (the sum itself is not needed)
         q = x + query_pos
         x = ops.add_layer_norm_module(x, self.self_attn(q, q, x), self.self_attn_layer_norm)[1]
-        x = ops.add_layer_norm_module(x, self.text_cross_attn(x + query_pos, text, text, text_mask),
-                                      self.text_cross_attn_layer_norm)[1]
+        q = x + query_pos
+        text_out = (self.text_cross_attn(q, text, text, text_mask) if text_kv is None else
+                    self.text_cross_attn.attend(q, *text_kv, text_mask))
+        x = ops.add_layer_norm_module(x, text_out, self.text_cross_attn_layer_norm)[1]
         attn = self.vision_cross_attn
-        q, k, v = attn.project(x + query_pos, vision_key, vision)
+        if vision_kv is None:
+            q, k, v = attn.project(x + query_pos, vision_key, vision)
+        else:
+            q, (k, v) = split_heads(attn.q_proj(x + query_pos), attn.num_heads), vision_kv
         x = ops.add_layer_norm_module(x, attn.o_proj(ops.box_bias_attention(q, k, v, bias_y, bias_x)),
                                       self.vision_cross_attn_layer_norm)[1]
         return ops.add_layer_norm_module(x, self.mlp(x), self.mlp_layer_norm)[1]
@@ -57,6 +66,13 @@ class DetrDecoder(nn.Module):
         self.box_rpb_embed_x = DecoderMLP(2, d, self.num_heads, 2)
         self.box_rpb_embed_y = DecoderMLP(2, d, self.num_heads, 2)
         self._first_layer_cache = None  # see precompute_first_layer
+        self.stacked_text_kv = self.stacked_vision_kv = None  # see stack_projections
+
+    def stack_projections(self) -> None:
+        """Project the text and image keys/values of all layers with two GEMMs each (they attend to the same
+        memory), not two per layer (inference; :meth:`Sam3LiteTextModel.fuse_projections`)."""
+        self.stacked_text_kv = StackedKV([layer.text_cross_attn for layer in self.layers])
+        self.stacked_vision_kv = StackedKV([layer.vision_cross_attn for layer in self.layers])
 
     def _layer_inputs(self, boxes, height: int, width: int, num_feats: int, encoding=None):
         """A layer's query position encoding and box bias from its reference boxes (the presence token, row 0,
@@ -103,12 +119,18 @@ class DetrDecoder(nn.Module):
         cache = self._first_layer_cache
         key = (height, width, boxes.dtype, boxes.device)
         num_feats, encoding, last = x.shape[-1] // 2, None, len(self.layers) - 1
+        layers = len(self.layers)
+        text_kv = self.stacked_text_kv(text, text) if self.stacked_text_kv is not None else [None] * layers
+        # all layers' image keys/values at once: 2·L·B·H·W·D values, so only up to a bound (many prompts: per layer)
+        stack = (self.stacked_vision_kv is not None
+                 and 2 * layers * vision.numel() * vision.element_size() <= STACKED_KV_MAX_BYTES)
+        vision_kv = self.stacked_vision_kv(vision_key, vision) if stack else [None] * layers
         for i, layer in enumerate(self.layers):
             if i == 0 and cache is not None and cache[0] == key:
                 query_pos, bias_y, bias_x = (t.expand(batch, *t.shape[1:]) for t in cache[1])
             else:
                 query_pos, bias_y, bias_x = self._layer_inputs(boxes, height, width, num_feats, encoding)
-            x = layer(x, query_pos, text, text_mask, vision, vision_key, bias_y, bias_x)
+            x = layer(x, query_pos, text, text_mask, vision, vision_key, bias_y, bias_x, text_kv[i], vision_kv[i])
             if output_hidden_states:
                 hidden.append(x)
             queries = self.output_layer_norm(x[:, 1:])

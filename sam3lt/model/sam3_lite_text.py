@@ -106,11 +106,14 @@ class Sam3LiteTextModel(nn.Module):
         return self
 
     def fuse_projections(self) -> "Sam3LiteTextModel":
-        """Share one GEMM among the q/k/v projections of one input in the heads' attention layers (inference;
-        :meth:`sam3lt.model.common.Attention.fuse_projections`)."""
+        """Share one GEMM among the q/k/v projections of one input in the heads' attention layers
+        (:meth:`sam3lt.model.common.Attention.fuse_projections`), and among the DETR layers' key/value projections
+        of the same memory (``stack_projections``). Inference with frozen weights; :func:`sam3lt.optimize` calls it."""
         for module in self.modules():
             if isinstance(module, Attention):
                 module.fuse_projections()
+        self.detr_encoder.stack_projections()
+        self.detr_decoder.stack_projections()
         return self
 
     @property
