@@ -28,7 +28,6 @@ import sam3lt
 import sam3lt.ops as ops
 from _interp import check_close
 from sam3lt.ops import _backend, _cuda
-from sam3lt.ops.upsample import mask_product_reference
 from test_ops_box_attention import BOX_CASES, MASK_CASES
 from test_ops_repmixer import CASES as REPMIXER_CASES
 from test_ops_repmixer import _ref_pair as repmixer_refs

@@ -13,9 +13,10 @@ Ops (schemas in csrc/ops.cpp; the same arguments as the public functions and the
 - ``sam3lt_C::masked_attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask) -> Tensor``
 - ``sam3lt_C::upsample_nearest_add(Tensor x, Tensor skip) -> Tensor``
 - ``sam3lt_C::masks_to_binary(Tensor mask_logits, int[] size, float threshold) -> Tensor``
-- ``mask_product`` has no kernel of its own: the cuda backend runs it with torch's matmul (cuBLAS), registered
-  with ``auto=False`` (under ``auto`` the eager reference, the same cuBLAS call, runs) so that a model forced to
-  ``cuda`` runs end to end.
+- ``mask_product``, ``add_layer_norm``, ``linear``, ``box_bias`` and ``box_refine`` have no kernel of their own
+  (:data:`TORCH_OPS`): the cuda backend runs their eager reference on torch's CUDA kernels (cuBLAS for the GEMMs),
+  registered with ``auto=False`` (under ``auto`` the identical eager reference, or Triton, runs) so that a model
+  forced to ``cuda`` runs end to end.
 
 Head dims: multiples of 8 up to 128 (kernels instantiated for 16/32/64/128, smaller ones zero-padded).
 
@@ -32,6 +33,8 @@ import torch
 from .. import _ext
 from . import _contracts as contract
 from ._backend import dispatch, register, set_missing_check, unavailable_reason
+from .box_bias import box_bias_reference
+from .box_refine import box_refine_reference
 from .linear import linear_reference
 from .norm import add_layer_norm_reference
 from .upsample import mask_product_reference
@@ -192,27 +195,16 @@ def _supports_repmixer_block(x, w1, b1, w2, b2):
 
 
 register("repmixer_block_dwconv", "cuda", _repmixer_block, _supports_repmixer_block)
-# mask_product: torch's cuBLAS matmul, only when cuda is named (auto runs the identical eager reference)
+# No sam3lt._C kernel of their own: the cuda backend runs the eager reference on torch's CUDA kernels (cuBLAS for the
+# GEMMs), registered with auto=False (under auto the identical eager reference, or Triton, runs) so that a model
+# forced to cuda runs end to end.
+TORCH_OPS = ("mask_product", "add_layer_norm", "linear", "box_bias", "box_refine")
 register("mask_product", "cuda", mask_product_reference, _supports_mask_product, auto=False)
-TORCH_OPS = ("mask_product", "add_layer_norm", "linear")  # cuda backend = torch's CUDA kernels (no sam3lt._C code)
-# add_layer_norm, linear: no kernel of their own either; a forced "cuda" (e.g. a whole model) runs torch's CUDA
-# kernels (cuBLAS for linear), auto=False as for mask_product
 register("add_layer_norm", "cuda", add_layer_norm_reference, lambda x, r, w, b, *_: _common((x, r, w, b)),
          auto=False)
 register("linear", "cuda", linear_reference,
          lambda x, w, b=None, act=None, r=None, *_: _common([t for t in (x, w, b, r) if t is not None]), auto=False)
-set_missing_check("cuda", missing_reason)
-
-# box_bias: no sam3lt._C kernel either; a forced "cuda" runs the eager reference on torch's CUDA kernels (auto=False:
-# under auto the Triton kernel, or the same reference, runs)
-from .box_bias import box_bias_reference  # noqa: E402
-
-TORCH_OPS = TORCH_OPS + ("box_bias",)
 register("box_bias", "cuda", box_bias_reference, lambda boxes, height, width, *w: _common((boxes, *w)), auto=False)
-
-# box_refine: no sam3lt._C kernel either; a forced "cuda" runs the eager reference on torch's CUDA kernels (auto=False)
-from .box_refine import box_refine_reference  # noqa: E402
-
-TORCH_OPS = TORCH_OPS + ("box_refine",)
 register("box_refine", "cuda", box_refine_reference, lambda delta, boxes, num_feats, *_: _common((delta, boxes)),
          auto=False)
+set_missing_check("cuda", missing_reason)

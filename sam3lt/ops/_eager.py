@@ -1,6 +1,8 @@
 """The eager backend: the references themselves. It takes every input."""
 from ._backend import register
 from .attention import window_attention_reference
+from .box_bias import box_bias_reference
+from .box_refine import box_refine_reference
 from .cross_attention import box_bias_attention_reference, masked_attention_reference
 from .linear import linear_reference
 from .norm import add_layer_norm_reference
@@ -17,11 +19,5 @@ register("mask_product", "eager", mask_product_reference)
 register("masks_to_binary", "eager", masks_to_binary_reference)
 register("add_layer_norm", "eager", add_layer_norm_reference)
 register("linear", "eager", linear_reference)
-
-from .box_bias import box_bias_reference  # noqa: E402
-
 register("box_bias", "eager", box_bias_reference)
-
-from .box_refine import box_refine_reference  # noqa: E402
-
 register("box_refine", "eager", box_refine_reference)

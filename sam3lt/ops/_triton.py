@@ -31,6 +31,8 @@ Ops (schemas inferred from the annotations below):
 - ``sam3lt::box_bias(Tensor boxes, int height, int width, Tensor wy1, Tensor by1, Tensor wy2, Tensor by2,
   Tensor wx1, Tensor bx1, Tensor wx2, Tensor bx2) -> (Tensor, Tensor)`` (the DETR decoder's box bias, both axes in
   one launch; ``auto=True``)
+- ``sam3lt::box_refine(Tensor delta, Tensor boxes, int num_feats) -> (Tensor, Tensor)`` (the DETR decoder's box
+  refinement + sine encoding in one launch; ``auto=True``)
 """
 from __future__ import annotations
 
@@ -41,6 +43,9 @@ import torch
 from .. import kernels as _kernels
 from . import _contracts as contract
 from ._backend import register, set_missing_check
+from .box_bias import check_args as _box_bias_args
+from .box_refine import check_args as _box_refine_args
+from .linear import check_args as _linear_args
 
 _INT32_LIMIT = 2**31 - 1
 
@@ -49,6 +54,8 @@ INTERPRETED = False
 if TRITON_MISSING is None:
     try:
         from ..kernels import box_attention as _box
+        from ..kernels import box_bias as _bb
+        from ..kernels import box_refine as _br
         from ..kernels import layer_norm as _ln
         from ..kernels import linear as _lin
         from ..kernels import repmixer as _rep
@@ -164,6 +171,31 @@ def _supports_add_layer_norm(x, residual, weight, bias, eps=1e-5, *_):
     return reason or _common((x, residual, weight, bias))  # rows are indexed in int64: no output limit
 
 
+def _supports_linear(x, weight, bias=None, activation=None, residual=None, *_):
+    problem = _linear_args(x, weight, bias, activation, residual)
+    if problem is not None:
+        return problem[1]
+    rows = x.shape[:-1].numel()
+    # x may be copied by the launcher's reshape (an expanded x): its element count must fit int32 too
+    return _common([t for t in (x, weight, bias, residual) if t is not None],
+                   max(rows * weight.shape[0], x.numel()))
+
+
+def _supports_box_bias(boxes, height, width, *weights):
+    problem = _box_bias_args(boxes, height, width, *weights)
+    if problem is not None:
+        return problem[1]
+    out_numel = boxes.shape[0] * weights[2].shape[0] * (boxes.shape[1] + 1) * max(height, width)
+    return _common((boxes, *weights), out_numel)
+
+
+def _supports_box_refine(delta, boxes, num_feats, *_):
+    problem = _box_refine_args(delta, boxes, num_feats)
+    if problem is not None:
+        return problem[1]
+    return _common((delta, boxes), delta.shape[0] * delta.shape[1] * 4 * num_feats)
+
+
 # ---------------------------------------------------------------- custom ops
 
 def _define(name: str, fn):
@@ -215,35 +247,33 @@ if TRITON_MISSING is None:
     def _masks_to_binary(mask_logits: Tensor, size: Sequence[int], threshold: float) -> Tensor:
         return _up.masks_to_binary(mask_logits, size, threshold)
 
+    def _add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor,
+                        eps: float) -> tuple[Tensor, Tensor]:
+        return _ln.add_layer_norm(x, residual, weight, bias, eps)
+
+    def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None,
+                residual: Tensor | None) -> Tensor:
+        return _lin.linear(x, weight, bias, activation, residual)
+
+    def _box_bias(boxes: Tensor, height: int, width: int, wy1: Tensor, by1: Tensor, wy2: Tensor, by2: Tensor,
+                  wx1: Tensor, bx1: Tensor, wx2: Tensor, bx2: Tensor) -> tuple[Tensor, Tensor]:
+        return _bb.box_bias(boxes, height, width, wy1, by1, wy2, by2, wx1, bx1, wx2, bx2)
+
+    def _box_refine(delta: Tensor, boxes: Tensor, num_feats: int) -> tuple[Tensor, Tensor]:
+        return _br.box_refine(delta, boxes, num_feats)
+
     _BODIES = {
         "repmixer_dwconv": _repmixer_dwconv, "repmixer_block_dwconv": _repmixer_block_dwconv,
         "window_attention": _window_attention,
         "box_bias_attention": _box_bias_attention, "masked_attention": _masked_attention,
         "upsample_nearest_add": _upsample_nearest_add, "mask_product": _mask_product,
-        "masks_to_binary": _masks_to_binary,
+        "masks_to_binary": _masks_to_binary, "add_layer_norm": _add_layer_norm, "linear": _linear,
+        "box_bias": _box_bias, "box_refine": _box_refine,
     }
-    OPS = {
-        "repmixer_dwconv": _define("repmixer_dwconv", _repmixer_dwconv),
-        "repmixer_block_dwconv": _define("repmixer_block_dwconv", _repmixer_block_dwconv),
-        "window_attention": _define("window_attention", _window_attention),
-        "box_bias_attention": _define("box_bias_attention", _box_bias_attention),
-        "masked_attention": _define("masked_attention", _masked_attention),
-        "upsample_nearest_add": _define("upsample_nearest_add", _upsample_nearest_add),
-        "mask_product": _define("mask_product", _mask_product),
-        "masks_to_binary": _define("masks_to_binary", _masks_to_binary),
-    }
+    OPS = {name: _define(name, body) for name, body in _BODIES.items()}
 else:
     _BODIES = {}
     OPS = {}
-
-
-if TRITON_MISSING is None:
-    def _add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor,
-                        eps: float) -> tuple[Tensor, Tensor]:
-        return _ln.add_layer_norm(x, residual, weight, bias, eps)
-
-    _BODIES["add_layer_norm"] = _add_layer_norm
-    OPS["add_layer_norm"] = _define("add_layer_norm", _add_layer_norm)
 
 
 def _plain_eager_call(args) -> bool:
@@ -285,7 +315,13 @@ _SUPPORTS = {
     "mask_product": _supports_mask_product,
     "masks_to_binary": _supports_masks_to_binary,
     "add_layer_norm": _supports_add_layer_norm,
+    "linear": _supports_linear,
+    "box_bias": _supports_box_bias,
+    "box_refine": _supports_box_refine,
 }
+# Registered with auto=False: the cuBLAS call of the eager reference stays the default, the Triton GEMM runs
+# where the triton backend is named (or sam3lt.ops.autotune measured it faster).
+NOT_AUTO = ("mask_product", "linear")
 
 
 def _checked(check):
@@ -299,84 +335,5 @@ def _checked(check):
 
 
 for _name, _check in _SUPPORTS.items():
-    register(_name, "triton", _impl(_name), _checked(_check), auto=_name != "mask_product")
+    register(_name, "triton", _impl(_name), _checked(_check), auto=_name not in NOT_AUTO)
 set_missing_check("triton", lambda: TRITON_MISSING)
-
-
-# ---------------------------------------------------------------- linear (GEMM + fused epilogue)
-
-from .linear import check_args as _linear_args  # noqa: E402
-
-
-def _supports_linear(x, weight, bias=None, activation=None, residual=None, *_):
-    problem = _linear_args(x, weight, bias, activation, residual)
-    if problem is not None:
-        return problem[1]
-    rows = x.shape[:-1].numel()
-    # x may be copied by the launcher's reshape (an expanded x): its element count must fit int32 too
-    return _common([t for t in (x, weight, bias, residual) if t is not None],
-                   max(rows * weight.shape[0], x.numel()))
-
-
-if TRITON_MISSING is None:
-    def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None,
-                residual: Tensor | None) -> Tensor:
-        return _lin.linear(x, weight, bias, activation, residual)
-
-    _BODIES["linear"] = _linear
-    OPS["linear"] = _define("linear", _linear)
-
-# auto=False: cuBLAS (the eager reference) stays the default; the fused GEMM runs where the triton backend is named
-register("linear", "triton", _impl("linear"), _checked(_supports_linear), auto=False)
-
-
-# ---------------------------------------------------------------- box_bias (DETR decoder's box relative-position bias)
-
-from .box_bias import check_args as _box_bias_args  # noqa: E402
-
-
-def _supports_box_bias(boxes, height, width, *weights):
-    problem = _box_bias_args(boxes, height, width, *weights)
-    if problem is not None:
-        return problem[1]
-    out_numel = boxes.shape[0] * weights[2].shape[0] * (boxes.shape[1] + 1) * max(height, width)
-    return _common((boxes, *weights), out_numel)
-
-
-if TRITON_MISSING is None:
-    from ..kernels import box_bias as _bb
-
-    def _box_bias(boxes: Tensor, height: int, width: int, wy1: Tensor, by1: Tensor, wy2: Tensor, by2: Tensor,
-                  wx1: Tensor, bx1: Tensor, wx2: Tensor, bx2: Tensor) -> tuple[Tensor, Tensor]:
-        return _bb.box_bias(boxes, height, width, wy1, by1, wy2, by2, wx1, bx1, wx2, bx2)
-
-    _BODIES["box_bias"] = _box_bias
-    OPS["box_bias"] = _define("box_bias", _box_bias)
-
-# auto=True: one launch instead of ~70 small kernels per decoder layer (the fast path's autotuner times it anyway)
-register("box_bias", "triton", _impl("box_bias"), _checked(_supports_box_bias))
-
-
-# ---------------------------------------------------------------- box_refine (DETR decoder's box update + sine encoding)
-
-from .box_refine import check_args as _box_refine_args  # noqa: E402
-
-
-def _supports_box_refine(delta, boxes, num_feats, *_):
-    problem = _box_refine_args(delta, boxes, num_feats)
-    if problem is not None:
-        return problem[1]
-    return _common((delta, boxes), delta.shape[0] * delta.shape[1] * 4 * num_feats)
-
-
-if TRITON_MISSING is None:
-    from ..kernels import box_refine as _br
-
-    def _box_refine(delta: Tensor, boxes: Tensor, num_feats: int) -> tuple[Tensor, Tensor]:
-        return _br.box_refine(delta, boxes, num_feats)
-
-    _BODIES["box_refine"] = _box_refine
-    OPS["box_refine"] = _define("box_refine", _box_refine)
-
-# auto=True: one launch instead of ~16 small kernels per decoder layer
-register("box_refine", "triton", _impl("box_refine"), _checked(_supports_box_refine))
