@@ -72,9 +72,13 @@ class _Stage:
         with torch.cuda.graph(self.graph, pool=graph_pool):
             self.outputs = fn(*inputs)
 
-    def run(self) -> tuple[torch.Tensor, ...]:
+    def run(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Run on ``inputs`` (default: the static buffers). A captured graph reads its static buffers only, so
+        there the inputs, if given, must be those very tensors (the previous stage's static outputs)."""
         if self.graph is None:
-            return self.fn(*self.inputs)
+            return self.fn(*(inputs or self.inputs))
+        if inputs and any(a is not b for a, b in zip(inputs, self.inputs)):
+            raise RuntimeError("a captured stage reads its static input buffers; other tensors were passed")
         self.graph.replay()
         return self.outputs
 
@@ -179,11 +183,11 @@ class FastSam3LiteText:
     def _heads_stage(self, images: int, prompts: int) -> _Stage:
         # inputs: the text stage's and the vision stage's static outputs (one call chains the three stages)
         def inputs():
-            text_out = self._text_stage(prompts).outputs or self._text_stage(prompts).run()
-            vision_out = self._vision_stage(images).outputs or self._vision_stage(images).run()
+            text, vision = self._text_stage(prompts), self._vision_stage(images)
             if self.cuda_graphs:
-                return (*text_out, *vision_out[1:])
-            return tuple(t.clone() for t in (*text_out, *vision_out[1:]))  # no capture: own buffers
+                return (*text.outputs, *vision.outputs[1:])
+            # no capture: buffers of their own, filled only when features are given (vision_embeds, text_embeds)
+            return tuple(t.clone() for t in (*text.run(), *vision.run()[1:]))
         return self._stage(self._heads, (images, prompts), "heads", inputs)
 
     def _prompt_bucket(self, prompts: int) -> int | None:
@@ -247,15 +251,18 @@ class FastSam3LiteText:
     def _run_text(self, input_ids, attention_mask, copy: bool, bucket: int | None = None):
         prompts = input_ids.shape[0]
         bucket = bucket or self._prompt_bucket(prompts)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         with torch.inference_mode():
             if bucket is None or input_ids.shape[1] != self.seq_len:
                 self.stats["fallback: text shape outside the buckets"] += 1
+                if attention_mask is None:
+                    attention_mask = torch.ones_like(input_ids)
                 return self.model.get_text_features(input_ids, attention_mask).pooler_output, attention_mask.bool()
             stage = self._text_stage(bucket)
             self._copy_into(stage.inputs[0], input_ids)
-            self._copy_into(stage.inputs[1], attention_mask)
+            if attention_mask is None:
+                stage.inputs[1].fill_(1)
+            else:
+                self._copy_into(stage.inputs[1], attention_mask)
             text, mask = stage.run()
             self.stats["text"] += 1
             return (self._out(text, prompts), self._out(mask, prompts)) if copy else (text, mask)
@@ -301,34 +308,29 @@ class FastSam3LiteText:
         with torch.inference_mode():
             heads = self._heads_stage(image_bucket, prompt_bucket)
             text_buf, mask_buf, *feat_bufs = heads.inputs
-            # vision: replay into the heads' inputs, or copy the given features there
+            # vision: run the stage (captured, its outputs are the heads' input buffers), or copy the given features
             if pixel_values is not None:
                 vision = self._vision[image_bucket]
                 self._copy_into(vision.inputs[0], pixel_values)
-                outs = vision.run()
+                feats = vision.run()[1:]
                 self.stats["vision"] += 1
-                if not self.cuda_graphs:
-                    for dst, src in zip(feat_bufs, outs[1:]):
-                        dst.copy_(src)
             else:
                 for dst, src in zip(feat_bufs, vision_embeds.fpn_hidden_states[:self.levels]):
                     self._copy_into(dst, src)
-            # text: replay into the heads' inputs, or copy the given features there
+                feats = feat_bufs
+            # text: the same
             if input_ids is not None:
-                text_out = self._run_text(input_ids, attention_mask, copy=False, bucket=prompt_bucket)
-                if not self.cuda_graphs:
-                    text_buf.copy_(text_out[0])
-                    mask_buf.copy_(text_out[1])
+                text, mask = self._run_text(input_ids, attention_mask, copy=False, bucket=prompt_bucket)
             else:
                 self._copy_into(text_buf, text)
                 if attention_mask is None:
                     mask_buf.fill_(True)
                 else:
                     self._copy_into(mask_buf, attention_mask.bool())
-            outputs = heads.run()
+                text, mask = text_buf, mask_buf
+            outputs = heads.run(text, mask, *feats)
             self.stats["heads"] += 1
-            n = prompts
-            return Sam3LiteTextOutput(**{name: self._out(t, n) for name, t in zip(_OUTPUT_FIELDS, outputs)})
+            return Sam3LiteTextOutput(**{name: self._out(t, prompts) for name, t in zip(_OUTPUT_FIELDS, outputs)})
 
     def close(self) -> None:
         """Free the graphs and static buffers now (the stage functions refer back to this object, so without

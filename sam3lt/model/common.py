@@ -78,7 +78,6 @@ class Attention(nn.Module):
         q, k, v = self.project(query, key, value)
         return self.o_proj(ops.masked_attention(q, k, v, key_padding_mask))
 
-
     def attend(self, query, k, v, key_padding_mask=None):
         """Attention of ``query`` over keys and values already projected and split into heads (StackedKV)."""
         q = split_heads(self.q_proj(query), self.num_heads)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..config import Sam3LiteTextDETRDecoderConfig
-from .common import MLP, Attention, DecoderMLP, StackedKV, encode_boxes_sine, inverse_sigmoid, split_heads
+from .common import MLP, Attention, DecoderMLP, StackedKV, encode_boxes_sine, split_heads
 
 STACKED_KV_MAX_BYTES = 512 * 2**20  # image keys/values of all decoder layers at once up to this size
 
@@ -118,8 +118,7 @@ class DetrDecoder(nn.Module):
         ref_boxes, hidden = [boxes], [x]  # hidden: input, then each layer
         cache = self._first_layer_cache
         key = (height, width, boxes.dtype, boxes.device)
-        num_feats, encoding, last = x.shape[-1] // 2, None, len(self.layers) - 1
-        layers = len(self.layers)
+        num_feats, encoding, layers = x.shape[-1] // 2, None, len(self.layers)
         text_kv = self.stacked_text_kv(text, text) if self.stacked_text_kv is not None else [None] * layers
         # all layers' image keys/values at once: 2·L·B·H·W·D values, so only up to a bound (many prompts: per layer)
         stack = (self.stacked_vision_kv is not None
@@ -134,10 +133,8 @@ class DetrDecoder(nn.Module):
             if output_hidden_states:
                 hidden.append(x)
             queries = self.output_layer_norm(x[:, 1:])
-            if i < last:  # refine the boxes and encode them for the next layer in one op
-                boxes, encoding = ops.box_refine(self.box_head(queries), boxes, num_feats)
-            else:
-                boxes = (self.box_head(queries) + inverse_sigmoid(boxes)).sigmoid()
+            # refine the boxes and sine-encode them for the next layer in one op (the last layer's encoding is unused)
+            boxes, encoding = ops.box_refine(self.box_head(queries), boxes, num_feats)
             ref_boxes.append(boxes)
         presence = self.presence_head(self.presence_layer_norm(x[:, :1])).squeeze(-1)
         presence = presence.clamp(-self.clamp_presence_logit_max_val, self.clamp_presence_logit_max_val)
