@@ -224,8 +224,13 @@ def _stats_delta(before, after) -> dict:
     return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(keys) if after.get(k, 0) != before.get(k, 0)}
 
 
-def _fallbacks(stats: dict) -> dict:
-    return {k: v for k, v in stats.items() if k.startswith("fallback")}
+def _fallback_reason(before: dict, after: dict) -> str | None:
+    """Why a call between the two ``fast.stats`` snapshots is not a fast-path number (the plain model ran)."""
+    falls = {k: v for k, v in _stats_delta(before, after).items() if k.startswith("fallback")}
+    if not falls:
+        return None
+    return "the plain model ran, not the fast path (" + ", ".join(
+        f"{k[len('fallback: '):]} ×{v}" for k, v in falls.items()) + ")"
 
 
 class FastCase:
@@ -263,7 +268,7 @@ class FastCase:
     def info(self) -> dict:
         fast = self.fast
         return {"optimize_s": self.optimize_s, "capture_s": self.first_call_s, "cuda_graphs": fast.cuda_graphs,
-                "compiled": fast.compiled, "tune": getattr(fast, "tune", None), "backend": "auto",
+                "compiled": fast.compiled, "tune": fast.tune, "backend": "auto",
                 "fast_stats": dict(fast.stats)}
 
     def timed(self, fn, entry: dict, track_memory: bool = False) -> dict:
@@ -273,13 +278,11 @@ class FastCase:
             timing = self.ctx.timer.call(fn)
         if track_memory:
             self.peak = self.mem.peak()
-        delta = _stats_delta(before, dict(self.fast.stats))
-        entry["stats"] = delta
-        falls = _fallbacks(delta)
-        if falls:
-            entry.update(status="fallback", timing_of_fallback=timing.as_dict(),
-                         reason="the plain model ran, not the fast path (" + ", ".join(
-                             f"{k[len('fallback: '):]} ×{v}" for k, v in falls.items()) + ")")
+        after = dict(self.fast.stats)
+        entry["stats"] = _stats_delta(before, after)
+        fallback = _fallback_reason(before, after)
+        if fallback:
+            entry.update(status="fallback", timing_of_fallback=timing.as_dict(), reason=fallback)
         else:
             entry.update(status="ok", **timing.as_dict())
         return entry
@@ -432,17 +435,10 @@ def run_fast(ctx, record, ours, config, batches, prompts, section: str = "fast")
 
 def tuning_record(impl: str) -> dict:
     """Which backend ``sam3lt.ops.autotune`` chose per op and input signature during the section (optimize tunes
-    on CUDA before capturing), when this sam3lt has it."""
-    try:
-        from sam3lt import ops
+    on CUDA before capturing)."""
+    from sam3lt import ops
 
-        choices = ops.tuned_choices() if hasattr(ops, "tuned_choices") else None
-    except Exception as err:  # pragma: no cover
-        return {"section": "fast", "impl": impl, "stage": "tuning", "status": "error", "reason": error_text(err)}
-    if choices is None:
-        return {"section": "fast", "impl": impl, "stage": "tuning", "status": "n/a",
-                "reason": "sam3lt.ops has no tuned_choices()"}
-    return {"section": "fast", "impl": impl, "stage": "tuning", "status": "ok", "choices": choices}
+    return {"section": "fast", "impl": impl, "stage": "tuning", "status": "ok", "choices": ops.tuned_choices()}
 
 
 def accuracy_record(ctx, base: dict, fast, inputs) -> dict:
@@ -456,9 +452,9 @@ def accuracy_record(ctx, base: dict, fast, inputs) -> dict:
     before = dict(fast.stats)
     with torch.inference_mode():
         out = fast(**inputs)
-    falls = _fallbacks(_stats_delta(before, dict(fast.stats)))
-    if falls:
-        return {**entry, "status": "fallback", "reason": f"the plain model ran, not the fast path ({falls})"}
+    fallback = _fallback_reason(before, dict(fast.stats))
+    if fallback:
+        return {**entry, "status": "fallback", "reason": fallback}
     return {**entry, "status": "ok", **agreement(out, ref["outputs"]), "reference": ref["what"],
             "inputs": "random weights (HF init) and a random-noise image: numerical agreement, not accuracy on "
                       "real images"}
