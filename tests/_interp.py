@@ -21,10 +21,11 @@ import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
-import zlib
 
 import pytest
 import torch
+
+import seeds
 
 # CUDA tests unless the interpreter is asked for explicitly
 CUDA = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
@@ -71,8 +72,8 @@ def interpreter_env(monkeypatch):
 
 
 def seed_for(request) -> torch.Generator:
-    """A generator seeded from the test id: fresh inputs per test, reproducible per test."""
-    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
+    """A generator seeded from the test id (tests/seeds.py): fresh inputs per test, reproducible per test."""
+    return seeds.gen_for(request)
 
 
 def randn(gen, *shape, dtype=torch.float32, scale=1.0):

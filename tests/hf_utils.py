@@ -8,6 +8,7 @@ import sam3lt
 
 transformers = pytest.importorskip("transformers", reason="the HF reference tests need transformers (test extra)")
 from transformers import Sam3LiteTextConfig as HFConfig, Sam3LiteTextModel as HFModel  # noqa: E402
+import seeds
 
 OUTPUTS = ("pred_masks", "pred_boxes", "pred_logits", "presence_logits", "semantic_seg")
 RTOL_FP32 = 1e-4  # max |ours − HF| / max |HF| per output, fp32 on CPU (issue 2)
@@ -24,7 +25,7 @@ def hf_config(config: sam3lt.Sam3LiteTextConfig) -> HFConfig:
 def randomize(model: torch.nn.Module, seed: int = 0, perturb: bool = True) -> torch.nn.Module:
     """Make every weight non-trivial: perturb all parameters (``perturb``), give BatchNorms real statistics and
     layer scales O(1) values (HF's init leaves BN at identity and layer scale at 1e-5, hiding folding errors)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeds.gen(seed)
     for name, p in model.named_parameters():
         if perturb:
             p.add_(torch.randn(p.shape, generator=gen) * 0.05)
@@ -40,7 +41,7 @@ def randomize(model: torch.nn.Module, seed: int = 0, perturb: bool = True) -> to
 
 def make_pair(config: sam3lt.Sam3LiteTextConfig, seed: int = 0, fold_batchnorm: bool = True, perturb: bool = True):
     """An HF model with random non-trivial weights and the sam3lt model converted from it."""
-    torch.manual_seed(seed)
+    torch.manual_seed(seeds.BASE + seed)
     hf = randomize(HFModel(hf_config(config)).eval(), seed, perturb)
     return hf, sam3lt.from_transformers(hf, fold_batchnorm=fold_batchnorm)
 
@@ -61,7 +62,7 @@ def random_inputs(config: sam3lt.Sam3LiteTextConfig, batch: int, seq_len: int = 
                   pad: bool = True):
     """Random pixels and token ids ending in an EOT token (the largest id, as CLIP); with ``pad`` the
     later prompts are right-padded (attention_mask 0) by different amounts."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeds.gen(seed)
     size = config.image_size
     pixels = torch.randn(batch, 3, size, size, generator=gen)
     ids = torch.randint(1, 49000, (batch, seq_len), generator=gen)

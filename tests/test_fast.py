@@ -18,6 +18,7 @@ from torch.utils._pytree import tree_leaves
 import sam3lt
 from sam3lt.fast import agreement
 from sam3lt.model.common import clear_constant_caches
+import seeds
 
 OUTPUTS = ("pred_masks", "pred_boxes", "pred_logits", "presence_logits", "semantic_seg")
 CUDA = torch.cuda.is_available()
@@ -30,7 +31,7 @@ def _config():
 
 
 def _inputs(config, images=1, prompts=1, seq_len=32, device="cpu", seed=0):
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeds.gen(seed)
     size = config.vision_config.backbone_config.image_size
     ids = torch.randint(1, 49000, (prompts, seq_len), generator=gen)
     mask = torch.ones(prompts, seq_len, dtype=torch.long)
@@ -43,7 +44,7 @@ def _inputs(config, images=1, prompts=1, seq_len=32, device="cpu", seed=0):
 @pytest.fixture
 def pair():
     """(reference fp32 model, a copy of it to optimize)."""
-    torch.manual_seed(0)
+    torch.manual_seed(seeds.BASE)
     model = sam3lt.Sam3LiteTextModel(_config())
     return model, copy.deepcopy(model)
 
@@ -295,7 +296,7 @@ needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.gpu
 @pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])  # compiling: minutes
 def test_gpu_graphs_equal_uncaptured(compile):
-    torch.manual_seed(0)
+    torch.manual_seed(seeds.BASE)
     model = sam3lt.Sam3LiteTextModel(_config()).cuda()
     ref_model = copy.deepcopy(model)
     graphs = sam3lt.optimize(model, compile=compile, prompt_buckets=(1, 4))
@@ -334,7 +335,7 @@ def test_gpu_replay_has_no_sync():
 @pytest.mark.gpu
 def test_gpu_full_size_bf16_accuracy():
     """The README's bf16 tolerance at full size: default S0 config, random weights, a 1008² image, one prompt."""
-    torch.manual_seed(0)
+    torch.manual_seed(seeds.BASE)
     model = sam3lt.Sam3LiteTextModel(sam3lt.Sam3LiteTextConfig()).cuda()
     ref_model = copy.deepcopy(model)
     fast = sam3lt.optimize(model)

@@ -11,6 +11,7 @@ import torch
 import sam3lt.ops as ops
 from sam3lt.model.common import encode_boxes_sine, inverse_sigmoid
 from sam3lt.ops import _backend
+import seeds
 
 
 def _inputs(gen, batch, queries, dtype=torch.float32, delta_scale=2.0):
@@ -163,7 +164,7 @@ def test_argument_errors_name_the_argument(kw, exc, name):
 def test_reference_is_the_decoder_code_bitwise(dtype):
     """DetrDecoder.forward's ``(self.box_head(queries) + inverse_sigmoid(boxes)).sigmoid()`` and the next layer's
     ``encode_boxes_sine(boxes, num_feats)``, bitwise, through the eager backend too."""
-    gen = torch.Generator().manual_seed(5)
+    gen = seeds.gen(5)
     delta = (torch.randn(2, 13, 4, generator=gen) * 3).to(dtype)
     boxes = torch.rand(2, 13, 4, generator=gen).to(dtype)
     want_new = (delta + inverse_sigmoid(boxes)).sigmoid()
@@ -175,7 +176,7 @@ def test_reference_is_the_decoder_code_bitwise(dtype):
 
 def test_encoding_layout():
     """The spec spelled out: blocks (cy, cx, w, h); sin at even j, cos at odd j of 2π·c / 10000^(2⌊j/2⌋/nf)."""
-    gen = torch.Generator().manual_seed(6)
+    gen = seeds.gen(6)
     delta, boxes = torch.randn(1, 2, 4, generator=gen, dtype=torch.float64), torch.rand(1, 2, 4, generator=gen,
                                                                                        dtype=torch.float64)
     nf = 6

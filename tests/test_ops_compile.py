@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import sam3lt.ops as ops
+import seeds
 
 
 def samples(gen, dtype=torch.float32):
@@ -27,7 +28,7 @@ def samples(gen, dtype=torch.float32):
     }
 
 
-OPS = list(samples(torch.Generator().manual_seed(0)).keys())
+OPS = list(samples(seeds.gen(0)).keys())
 
 
 @kernel_test
@@ -97,7 +98,7 @@ def test_compile_fullgraph_auto_fallback_on_cpu(monkeypatch):
     """Under auto on the CPU every op falls back to eager inside the compiled graph (the warning is not
     emitted while tracing, where it would break the graph)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    args = samples(torch.Generator().manual_seed(1))
+    args = samples(seeds.gen(1))
     torch._dynamo.reset()
     compiled = torch.compile(_all_ops, fullgraph=True, backend="eager")(args)
     with ops.use_backend("eager"):
@@ -143,7 +144,7 @@ def test_add_layer_norm_compile_fullgraph_triton(request):
 @pytest.mark.skipif(CUDA, reason="checks the CPU fallback")
 def test_add_layer_norm_compile_fullgraph_auto_fallback_on_cpu(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    args = _ln_args(torch.Generator().manual_seed(2))
+    args = _ln_args(seeds.gen(2))
     torch._dynamo.reset()
     compiled = torch.compile(_ln_twice, fullgraph=True, backend="eager")(args)
     with ops.use_backend("eager"):
@@ -179,7 +180,7 @@ def test_linear_fast_path_and_compile_fullgraph_triton(request):
 @pytest.mark.skipif(CUDA, reason="checks the CPU fallback")
 def test_linear_compile_fullgraph_auto_on_cpu(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    args = _lin_args(torch.Generator().manual_seed(3))
+    args = _lin_args(seeds.gen(3))
     torch._dynamo.reset()
     compiled = torch.compile(_lin_mlp, fullgraph=True, backend="eager")(args)
     with ops.use_backend("eager"):
@@ -216,7 +217,7 @@ def test_box_bias_opcheck_and_compile_fullgraph_triton(request):
 @pytest.mark.skipif(CUDA, reason="checks the CPU fallback")
 def test_box_bias_compile_fullgraph_auto_on_cpu(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    args = _bb_args(torch.Generator().manual_seed(4))
+    args = _bb_args(seeds.gen(4))
     torch._dynamo.reset()
     compiled = torch.compile(_bb_layer, fullgraph=True, backend="eager")(args)
     with ops.use_backend("eager"):
@@ -251,7 +252,7 @@ def test_box_refine_opcheck_and_compile_fullgraph_triton(request):
 @pytest.mark.skipif(CUDA, reason="checks the CPU fallback")
 def test_box_refine_compile_fullgraph_auto_on_cpu(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    args = _br_args(torch.Generator().manual_seed(5))
+    args = _br_args(seeds.gen(5))
     torch._dynamo.reset()
     compiled = torch.compile(_br_layer, fullgraph=True, backend="eager")(args)
     with ops.use_backend("eager"):
