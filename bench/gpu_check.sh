@@ -95,10 +95,10 @@ env_info() {
 
 # The tests that do something different on a GPU, most important first (CI runs the whole suite on the CPU; the
 # HF parity, loading and processor tests are device-independent and would not fit in the budget).
-GPU_TESTS=(tests/test_fast.py tests/test_model_backends.py tests/test_ops_cuda.py tests/test_cuda_ext.py
-           tests/test_ops_window_attention.py tests/test_ops_box_attention.py tests/test_ops_repmixer.py
-           tests/test_ops_upsample.py tests/test_ops_layer_norm.py tests/test_ops_linear.py tests/test_ops_tuning.py
-           tests/test_ops_compile.py)
+GPU_TESTS=(tests/test_fast.py tests/test_model_backends.py tests/test_cuda_backend.py tests/test_cuda_ext.py
+           tests/test_window_attention.py tests/test_cross_attention.py tests/test_repmixer.py
+           tests/test_upsample.py tests/test_layer_norm.py tests/test_linear.py tests/test_tuning.py
+           tests/test_compile.py)
 if (( DRY )); then
   echo "gpu_check: --cpu-dry-run (CPU, small sizes; nothing is installed)"
   BUILD=("$PY" -m pip install --no-build-isolation --no-deps -e . --dry-run)

@@ -6,15 +6,17 @@ goes through ``torch.library.wrap_triton`` so that the ``sam3lt::`` custom ops s
 
 - :mod:`.repmixer`: depthwise 1×K token convolution + bias + residual (text encoder).
 - :mod:`.window_attention`: windowed / global ViT self-attention with in-kernel 2-D RoPE and padding.
-- :mod:`.box_attention`: flash attention with the separable box bias or a key-padding mask (DETR heads).
+- :mod:`.cross_attention`: flash attention with the separable box bias or a key-padding mask (DETR heads).
 - :mod:`.upsample`: nearest upsample + add, the mask-product GEMM, bilinear-sigmoid-threshold to bool.
 - :mod:`.layer_norm`: residual add fused with the following LayerNorm (ViT blocks).
 - :mod:`.linear`: GEMM with a fused bias / GELU / ReLU / residual epilogue (MLPs).
 - :mod:`.box_bias`: the DETR decoder's box relative-position bias (log deltas + 2-layer MLP), both axes.
 - :mod:`.box_refine`: the DETR decoder's reference-box update (sigmoid of delta + inverse sigmoid) + box sine encoding.
 
-This package itself is importable without Triton; only the submodules import it. The ops register them as
-the ``triton`` backend in :mod:`sam3lt.ops._triton`.
+Each module also holds its launchers' limits: ``supports_<launcher>(*args) -> None | reason`` checks what that
+kernel cannot take (head dims, taps, devices, int32 indexing) for arguments the op has already validated.
+This package itself is importable without Triton; only the submodules import it. Each op's module in
+:mod:`sam3lt.ops` registers its launchers as the ``triton`` backend (through :mod:`sam3lt.ops._triton`).
 
 Triton's interpreter (``TRITON_INTERPRET=1``, numpy on the CPU) is chosen when ``triton`` is *imported*
 (its own library functions such as ``tl.sum`` are decorated then), so the variable has to be set before the
@@ -25,8 +27,9 @@ from __future__ import annotations
 import importlib.util
 import os
 
-FAMILIES = ("repmixer", "window_attention", "box_attention", "upsample", "linear", "layer_norm", "box_bias",
+FAMILIES = ("repmixer", "window_attention", "cross_attention", "upsample", "linear", "layer_norm", "box_bias",
             "box_refine")
+FLOATS = ("float32", "float16", "bfloat16")
 
 
 def triton_missing() -> str | None:
@@ -50,3 +53,14 @@ def kernels_interpreted() -> bool:
     from ._utils import is_interpreted
 
     return is_interpreted(repmixer._dwconv_kernel)
+
+
+def float_tensors_on_one_device(tensors) -> str | None:
+    """The kernel backends' shared input rule (Triton and CUDA): fp32/fp16/bf16 tensors, all on one device."""
+    for t in tensors:
+        if str(t.dtype).removeprefix("torch.") not in FLOATS:
+            return f"unsupported dtype {t.dtype} (fp32, fp16 and bf16 are supported)"
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        return f"inputs are on different devices ({', '.join(sorted(str(d) for d in devices))})"
+    return None

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import triton
 
+from . import float_tensors_on_one_device, interpret_requested
+
 try:  # the interpreter's kernel type (TRITON_INTERPRET=1 makes @triton.jit return one)
     from triton.runtime.interpreter import InterpretedFunction as _InterpretedFunction
 except ImportError:  # pragma: no cover
@@ -18,6 +20,45 @@ except ImportError:  # pragma: no cover
 
 def is_interpreted(kernel) -> bool:
     return bool(_InterpretedFunction) and isinstance(kernel, _InterpretedFunction)
+
+
+@triton.jit
+def _probe():
+    pass
+
+
+INTERPRETED = is_interpreted(_probe)  # the kernels were built for the interpreter (TRITON_INTERPRET=1 at import)
+INT32_LIMIT = 2**31 - 1
+
+
+def _max_offset(t: torch.Tensor) -> int:
+    return sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()) if s > 0)
+
+
+def launch_reason(tensors, out_numel: int = 0) -> str | None:
+    """What every launcher needs: fp32/fp16/bf16 tensors on one device the kernels run on (CUDA, or the CPU in
+    the interpreter, which has no bf16) and int32 offsets (``out_numel``: the output's element count)."""
+    tensors = [t for t in tensors if t is not None]
+    reason = float_tensors_on_one_device(tensors)
+    if reason is not None:
+        return reason
+    device = tensors[0].device
+    if device.type == "cpu":
+        if not interpret_requested():
+            return "inputs are on the CPU; the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)"
+        if not INTERPRETED:
+            return ("TRITON_INTERPRET=1 was set after triton was imported; set it before the first import of "
+                    "triton to run the kernels in the interpreter")
+    elif device.type != "cuda":
+        return f"inputs are on {device.type}; the Triton kernels need CUDA tensors"
+    for t in tensors:
+        if INTERPRETED and t.dtype == torch.bfloat16:
+            return "bfloat16 is not supported by the Triton interpreter"
+        if _max_offset(t) > INT32_LIMIT:
+            return "a tensor spans more than 2**31 elements (the kernels index with int32)"
+    if out_numel > INT32_LIMIT:
+        return "the output has more than 2**31 elements (the kernels index with int32)"
+    return None
 
 
 try:

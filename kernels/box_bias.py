@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import dot_precision, is_interpreted, launch, next_pow2
+from ._utils import dot_precision, is_interpreted, launch, launch_reason, next_pow2
 
 
 @triton.jit
@@ -113,3 +113,10 @@ def box_bias(boxes: torch.Tensor, height: int, width: int, wy1: torch.Tensor, by
     launch(_box_bias_kernel, grid, boxes, *weights, out_y, out_x, queries, height, width, heads, wy1.shape[0],
            wx1.shape[0], *boxes.stride(), nblk_y, DOT_PRECISION=dot_precision(boxes.dtype), **cfg)
     return out_y, out_x
+
+
+# ---------------------------------------------------------------- limits (arguments already validated by the op)
+
+def supports_box_bias(boxes, height, width, *weights) -> str | None:
+    out_numel = boxes.shape[0] * weights[2].shape[0] * (boxes.shape[1] + 1) * max(height, width)
+    return launch_reason((boxes, *weights), out_numel)

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import is_interpreted, launch, next_pow2
+from ._utils import is_interpreted, launch, launch_reason, next_pow2
 
 _LOG2_TEMPERATURE = math.log2(10000.0)
 _TWO_PI = 2.0 * math.pi
@@ -98,3 +98,9 @@ def box_refine(delta: torch.Tensor, boxes: torch.Tensor, num_feats: int) -> tupl
     launch(_box_refine_kernel, grid, delta, boxes, new_boxes, encoding, rows, queries, num_feats // 2,
            *delta.stride(), *boxes.stride(), LOG2_T=_LOG2_TEMPERATURE, TWO_PI=_TWO_PI, EPS=1e-3, **cfg)
     return new_boxes, encoding
+
+
+# ---------------------------------------------------------------- limits (arguments already validated by the op)
+
+def supports_box_refine(delta, boxes, num_feats) -> str | None:
+    return launch_reason((delta, boxes), delta.shape[0] * delta.shape[1] * 4 * num_feats)

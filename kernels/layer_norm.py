@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import is_interpreted, launch, next_pow2
+from ._utils import is_interpreted, launch, launch_reason, next_pow2
 
 MAX_CHANNELS = 8192  # one row lives in registers (ViT 1024, DETR 256)
 
@@ -72,3 +72,13 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
            float(eps), *x2.stride(), *r2.stride(), weight.stride(0), bias.stride(0),
            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
     return out_sum, out
+
+
+# ---------------------------------------------------------------- limits (arguments already validated by the op)
+
+def supports_add_layer_norm(x, residual, weight, bias, eps=1e-5) -> str | None:
+    if x.shape[-1] > MAX_CHANNELS:
+        return f"{x.shape[-1]} channels > {MAX_CHANNELS} (a row is normalised in registers)"
+    if weight.dtype not in (x.dtype, torch.float32):
+        return f"weight dtype {weight.dtype} is neither x's ({x.dtype}) nor float32"
+    return launch_reason((x, residual, weight, bias))  # rows are indexed in int64: no output limit

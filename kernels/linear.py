@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import dot_precision, is_interpreted, launch, next_pow2
+from ._utils import dot_precision, is_interpreted, launch, launch_reason, next_pow2
 
 ACTIVATIONS = {None: 0, "gelu": 1, "relu": 2}
 
@@ -115,3 +115,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act
            HAS_BIAS=bias is not None, ACT=ACTIVATIONS[activation], HAS_RES=res is not None,
            EVEN_K=k % cfg["BLOCK_K"] == 0, DOT_PRECISION=dot_precision(x.dtype), **cfg)
     return out
+
+
+# ---------------------------------------------------------------- limits (arguments already validated by the op)
+
+def supports_linear(x, weight, bias=None, activation=None, residual=None) -> str | None:
+    rows = x.shape[:-1].numel()
+    # x may be copied by the launcher's reshape (an expanded x): its element count must fit int32 too
+    return launch_reason((x, weight, bias, residual), max(rows * weight.shape[0], x.numel()))

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import is_interpreted, launch, next_pow2
+from ._utils import is_interpreted, launch, launch_reason, next_pow2
 
 MAX_TAPS = 63  # taps are unrolled (tl.static_range); the model uses K = 11 (token mixer) and 3/7 (conv FFN)
 
@@ -138,3 +138,18 @@ def repmixer_block_dwconv(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w
            w2.stride(0), w2.stride(-1), b2.stride(0),
            K1=w1.shape[-1], K2=w2.shape[-1], BLOCK_L=block_l, BLOCK_C=block_c, num_warps=4)
     return mixed, ffn_in
+
+
+# ---------------------------------------------------------------- limits (arguments already validated by the op)
+
+def supports_repmixer_dwconv(x, weight, bias, residual=True) -> str | None:
+    if weight.shape[1] > MAX_TAPS:
+        return f"kernel size {weight.shape[1]} > {MAX_TAPS} (taps are unrolled)"
+    return launch_reason((x, weight, bias), x.numel())
+
+
+def supports_repmixer_block_dwconv(x, w1, b1, w2, b2) -> str | None:
+    reason = supports_repmixer_dwconv(x, w1, b1) or supports_repmixer_dwconv(x, w2, b2)
+    if reason is None and x.shape[1] > MAX_BLOCK_L:
+        reason = f"prompt length {x.shape[1]} > {MAX_BLOCK_L} (one tile holds a whole prompt)"
+    return reason

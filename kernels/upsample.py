@@ -8,12 +8,14 @@ Index maths follows torch's kernels exactly (fp32 scales ``in / out``):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 
-from ._utils import dot_precision, is_interpreted, launch, next_pow2
+from ._utils import dot_precision, is_interpreted, launch, launch_reason, next_pow2
 
 
 def _fp32_scale(in_size: int, out_size: int) -> float:
@@ -176,7 +178,7 @@ def _masks_to_binary_kernel(x_ptr, out_ptr, h, w, H, W, n_hblk, n_wblk, s_n, s_h
     tl.store(out_ptr + n * H * W + oy[:, None] * W + ox[None, :], val > threshold, mask=mask)
 
 
-def masks_to_binary(mask_logits: torch.Tensor, size, threshold: float) -> torch.Tensor:
+def masks_to_binary(mask_logits: torch.Tensor, size: Sequence[int], threshold: float) -> torch.Tensor:
     """Launcher. mask_logits (N, h, w) float, any strides; size (H, W) -> (N, H, W) bool, written directly
     (the full-size probabilities are never stored)."""
     count, h, w = mask_logits.shape
@@ -193,3 +195,18 @@ def masks_to_binary(mask_logits: torch.Tensor, size, threshold: float) -> torch.
            *mask_logits.stride(), _fp32_scale(h, height), _fp32_scale(w, width), thr,
            BLOCK_H=block_h, BLOCK_W=block_w, num_warps=4)
     return out
+
+
+# ---------------------------------------------------------------- limits (arguments already validated by the op)
+
+def supports_upsample_nearest_add(x, skip) -> str | None:
+    return launch_reason((x, skip), skip.numel())
+
+
+def supports_mask_product(mask_embed, pixel_embed) -> str | None:
+    out_numel = mask_embed.shape[0] * mask_embed.shape[1] * pixel_embed.shape[2] * pixel_embed.shape[3]
+    return launch_reason((mask_embed, pixel_embed), out_numel)
+
+
+def supports_masks_to_binary(mask_logits, size, threshold=0.5) -> str | None:
+    return launch_reason((mask_logits,), mask_logits.shape[0] * int(size[0]) * int(size[1]))

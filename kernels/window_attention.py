@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import dot_precision, is_interpreted, launch, next_pow2
+from ._utils import dot_precision, is_interpreted, launch, launch_reason, next_pow2
 
 MAX_HEAD_DIM = 256
 _LOG2E = 1.4426950408889634
@@ -163,3 +163,14 @@ def window_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, nu
            HEAD_DIM=head_dim, BLOCK_D=max(16, next_pow2(head_dim)), BLOCK_M=block_m, BLOCK_N=block_n,
            HAS_PAD=has_pad, DOT_PRECISION=dot_precision(qkv.dtype), num_warps=warps, num_stages=stages)
     return out
+
+
+# ---------------------------------------------------------------- limits (arguments already validated by the op)
+
+def supports_window_attention(qkv, cos, sin, num_heads, window_size, pad_value=None) -> str | None:
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    if head_dim % 2:
+        return f"odd head dim {head_dim} (RoPE rotates channel pairs)"
+    if head_dim > MAX_HEAD_DIM:
+        return f"head dim {head_dim} > {MAX_HEAD_DIM}"
+    return launch_reason((qkv, cos, sin, pad_value), qkv.numel() // 3)

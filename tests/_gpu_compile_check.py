@@ -1,6 +1,6 @@
 """Compile every Triton kernel for a CUDA target without a GPU, and trace the sam3lt:: ops as on a GPU.
 
-Run as a script in a process where triton is *not* in interpreter mode (``tests/test_ops_gpu_compile.py`` does):
+Run as a script in a process where triton is *not* in interpreter mode (``tests/test_gpu_compile.py`` does):
 
     python tests/_gpu_compile_check.py [capability, default 90]
 
@@ -52,9 +52,9 @@ class StandInDriver:
 _driver.set_active(StandInDriver())
 
 import sam3lt.ops as ops  # noqa: E402
-from sam3lt.kernels import box_attention, layer_norm, linear, repmixer, upsample, window_attention  # noqa: E402
+from sam3lt.kernels import cross_attention, layer_norm, linear, repmixer, upsample, window_attention  # noqa: E402
 
-MODULES = (repmixer, window_attention, box_attention, upsample, layer_norm, linear)
+MODULES = (repmixer, window_attention, cross_attention, upsample, layer_norm, linear)
 from sam3lt.kernels import box_bias  # noqa: E402
 
 MODULES = MODULES + (box_bias,)
@@ -98,12 +98,12 @@ def compile_all() -> list[dict]:
             window_attention.window_attention(e(1, 72, 72, 3072), e(5184, 64, dt=f32), e(5184, 64, dt=f32), 16, 0,
                                               None)
             case = f"box-bias cross-attention {dtype}"
-            box_attention.box_bias_attention(e(1, 8, 201, 32), e(1, 8, 5184, 32), e(1, 8, 5184, 32),
-                                             e(1, 8, 201, 72, dt=f32), e(1, 8, 201, 72, dt=f32))
+            cross_attention.box_bias_attention(e(1, 8, 201, 32), e(1, 8, 5184, 32), e(1, 8, 5184, 32),
+                                               e(1, 8, 201, 72, dt=f32), e(1, 8, 201, 72, dt=f32))
             case = f"DETR encoder self-attention {dtype}"
-            box_attention.masked_attention(e(1, 8, 5184, 32), e(1, 8, 5184, 32), e(1, 8, 5184, 32), None)
+            cross_attention.masked_attention(e(1, 8, 5184, 32), e(1, 8, 5184, 32), e(1, 8, 5184, 32), None)
             case = f"text cross-attention, masked {dtype}"
-            box_attention.masked_attention(e(1, 8, 5184, 32), e(1, 8, 36, 32), e(1, 8, 36, 32),
+            cross_attention.masked_attention(e(1, 8, 5184, 32), e(1, 8, 36, 32), e(1, 8, 36, 32),
                                            torch.ones(1, 36, dtype=torch.bool))
             case = f"upsample + add {dtype}"
             upsample.upsample_nearest_add(e(1, 256, 72, 72), e(1, 256, 144, 144))

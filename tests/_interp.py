@@ -1,9 +1,9 @@
-"""Where the kernel tests of ``tests/test_ops_*.py`` run, and shared helpers. Import it before ``sam3lt``.
+"""Where the kernel tests of ``tests/test_<op>.py`` run, and shared helpers. Import it before ``sam3lt``.
 
 - With CUDA: on the GPU (fp32/fp16/bf16), compiled kernels.
 - Without CUDA: in Triton's interpreter (fp32/fp16; it has no bf16). The interpreter is chosen when ``triton``
   is first imported, so:
-    * if ``triton`` is not imported yet (this file runs first, e.g. ``pytest tests/test_ops_*.py``), it is
+    * if ``triton`` is not imported yet (this file runs first, e.g. ``pytest tests/test_<op>.py``), it is
       imported here with ``TRITON_INTERPRET=1`` and the variable is then put back as it was, so that other
       tests in the process keep the eager fallback; the kernel tests set it again around each test
       (fixture ``interpreter_env``);

@@ -1,6 +1,6 @@
 // CPU emulation of the CUDA subset used by csrc/*.cu, for testing the kernels without a GPU.
 //
-// Compiled only with -DSAM3LT_EMULATE (tests/test_ops_cuda.py builds csrc/emu/emu_ops.cpp with it); the real
+// Compiled only with -DSAM3LT_EMULATE (tests/test_cuda_backend.py builds csrc/emu/emu_ops.cpp with it); the real
 // extension never includes this file.
 //
 // Model: the blocks of a grid run one after another; the threads of a block are fibers (ucontext) on one OS

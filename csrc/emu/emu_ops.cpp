@@ -1,7 +1,7 @@
 // Test-only build of the CUDA kernels on the CPU: csrc/*.cu compiled as C++ against csrc/emu/cuda_emu.h, with the
 // host code of csrc/host.h, registered as torch.ops.sam3lt_emu.* for CPU tensors (same schemas as sam3lt_C).
 //
-// Built on demand by tests/test_ops_cuda.py (torch.utils.cpp_extension.load, -DSAM3LT_EMULATE); never installed.
+// Built on demand by tests/test_cuda_backend.py (torch.utils.cpp_extension.load, -DSAM3LT_EMULATE); never installed.
 // Every output is allocated inside a larger buffer filled with 0xFF bytes (NaN in every float type): the bytes
 // around it must still be 0xFF after the kernel (no out-of-bounds writes), and an element the kernel forgot to
 // write stays NaN (or, for bool outputs, a byte that is neither 0 nor 1).
@@ -103,7 +103,7 @@ void set_schedule(int64_t order, int64_t seed) {
 
 int64_t launch_count() { return sam3lt_emu::emu().launches; }
 
-// Self-test of the emulator (tests/test_ops_cuda.py): thread t of a 64-thread block writes s[t] = t, then reads
+// Self-test of the emulator (tests/test_cuda_backend.py): thread t of a 64-thread block writes s[t] = t, then reads
 // s[(t + 1) % 64]. mode 0: with a __syncthreads in between (correct in every schedule); 1: without it (a race:
 // the result depends on the schedule); 2: only even threads reach the barrier (must be reported as an error).
 void race_kernel(int* out, int mode) {

@@ -10,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
+from ..ops import box_refine as _box_refine
+from ..ops.box_refine import dim_t, encode_boxes_sine, interleave_sin_cos, inverse_sigmoid  # noqa: F401  (the spec lives in ops)
 from ..ops.linear import ACTIVATIONS as LINEAR_ACTIVATIONS
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
@@ -161,39 +163,16 @@ class DecoderMLP(nn.Module):
         return self.layer3(ops.linear(x, self.layer2.weight, self.layer2.bias, activation="relu"))
 
 
-def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    x = x.clamp(min=0, max=1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
 def box_cxcywh_to_xyxy(x: torch.Tensor) -> torch.Tensor:
     cx, cy, w, h = x.unbind(-1)
     return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
-
-
-@functools.lru_cache(maxsize=None)  # never evicted: CUDA graphs of the fast path read these tensors
-def _dim_t_cached(num_feats: int, temperature: float, dtype, device) -> torch.Tensor:
-    with torch.inference_mode(False), torch.no_grad():
-        dim_t = torch.arange(num_feats, dtype=torch.int64, device=device).to(dtype)
-        return temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
-
-
-def _dim_t(num_feats: int, temperature: float, dtype, device) -> torch.Tensor:
-    """The sine encodings' frequency divisors (a constant per size, dtype and device: computed once)."""
-    if torch.compiler.is_compiling():  # traced: the compiler folds the constant itself
-        return _dim_t_cached.__wrapped__(num_feats, temperature, dtype, device)
-    return _dim_t_cached(int(num_feats), float(temperature), dtype, torch.device(device))
 
 
 def clear_constant_caches() -> None:
     """Drop the cached constant tensors (position-encoding grids, frequency divisors). Not while CUDA graphs of
     :func:`sam3lt.optimize` are alive: they read the divisors."""
     _sine_grid_cached.cache_clear()
-    _dim_t_cached.cache_clear()
-
-
-def _interleave_sin_cos(pos: torch.Tensor) -> torch.Tensor:
-    return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
+    _box_refine.clear_divisors()
 
 
 @functools.lru_cache(maxsize=16)
@@ -206,9 +185,9 @@ def _sine_grid_cached(height: int, width: int, num_feats: int, normalize: bool, 
             eps, scale = 1e-6, 2 * math.pi
             y = y / (y[-1:, :] + eps) * scale
             x = x / (x[:, -1:] + eps) * scale
-        dim_t = _dim_t(num_feats, 10000, dtype, device)
-        pos_x = _interleave_sin_cos(x[..., None] / dim_t)
-        pos_y = _interleave_sin_cos(y[..., None] / dim_t)
+        divisors = dim_t(num_feats, 10000, dtype, device)
+        pos_x = interleave_sin_cos(x[..., None] / divisors)
+        pos_y = interleave_sin_cos(y[..., None] / divisors)
         return torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1).contiguous()  # (2·num_feats, H, W)
 
 
@@ -218,16 +197,8 @@ def sine_position_grid(height: int, width: int, num_feats: int, normalize: bool,
     return _sine_grid_cached(int(height), int(width), int(num_feats), bool(normalize), dtype, torch.device(device))
 
 
-def encode_boxes_sine(boxes: torch.Tensor, num_feats: int) -> torch.Tensor:
-    """HF ``encode_boxes``: (B, Q, 4) cxcywh -> (B, Q, 4·num_feats) ordered (y, x, w, h)."""
-    dim_t = _dim_t(num_feats, 10000, boxes.dtype, boxes.device)
-    scaled = boxes * (2 * math.pi)
-    pos = _interleave_sin_cos(scaled[..., :, None] / dim_t)  # (B, Q, 4, num_feats)
-    return torch.cat((pos[..., 1, :], pos[..., 0, :], pos[..., 2, :], pos[..., 3, :]), dim=-1)
-
-
 def encode_points_sine(x: torch.Tensor, y: torch.Tensor, num_feats: int) -> tuple[torch.Tensor, torch.Tensor]:
     """HF ``encode_1d_positions`` (scale 2π, no normalisation)."""
-    dim_t = _dim_t(num_feats, 10000, x.dtype, x.device)
-    return (_interleave_sin_cos((x * 2 * math.pi)[:, None] / dim_t),
-            _interleave_sin_cos((y * 2 * math.pi)[:, None] / dim_t))
+    divisors = dim_t(num_feats, 10000, x.dtype, x.device)
+    return (interleave_sin_cos((x * 2 * math.pi)[:, None] / divisors),
+            interleave_sin_cos((y * 2 * math.pi)[:, None] / divisors))

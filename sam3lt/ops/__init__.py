@@ -1,24 +1,23 @@
 """The op families behind the model, each with an eager reference (the spec) and faster backends.
 
-The model calls only these functions; backend choice lives in :mod:`sam3lt.ops._backend`.
+One module per family (``sam3lt/ops/<family>.py``, with ``kernels/<family>.py`` and ``csrc/<family>.cu`` where
+it has them): the public functions, their argument checks, the eager references and the registration of the
+backends. The model calls only these functions; backend choice lives in :mod:`sam3lt.ops._backend`.
 """
 from ._backend import (BACKENDS, BackendUnavailable, explain, get_backend, register, select, set_backend,
                        set_missing_check, use_backend)
 from ._tuning import autotune, clear_tuning, tuned_choices
-from .attention import apply_rope, rotate_pairwise, window_attention, window_attention_reference
-from .cross_attention import (box_bias_attention, box_bias_attention_reference, masked_attention,
-                              masked_attention_reference)
-from .norm import add_layer_norm, add_layer_norm_module, add_layer_norm_reference
-from .linear import linear, linear_reference
 from .box_bias import box_bias, box_bias_reference
 from .box_refine import box_refine, box_refine_reference
+from .cross_attention import (box_bias_attention, box_bias_attention_reference, masked_attention,
+                              masked_attention_reference)
+from .layer_norm import add_layer_norm, add_layer_norm_module, add_layer_norm_reference
+from .linear import linear, linear_reference
 from .repmixer import (repmixer_block_dwconv, repmixer_block_dwconv_reference, repmixer_dwconv,
                        repmixer_dwconv_reference)
 from .upsample import (mask_product, mask_product_reference, masks_to_binary, masks_to_binary_reference,
                        upsample_nearest_add, upsample_nearest_add_reference)
-from . import _eager  # noqa: F401  (registers the eager backend)
-from . import _triton  # noqa: F401  (registers the triton backend: sam3lt:: custom ops over sam3lt.kernels)
-from . import _cuda  # noqa: F401  (registers the cuda backend: ops of the compiled sam3lt._C)
+from .window_attention import apply_rope, rotate_pairwise, window_attention, window_attention_reference
 
 __all__ = [
     "autotune", "clear_tuning", "tuned_choices",

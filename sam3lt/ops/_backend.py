@@ -4,8 +4,10 @@ Order for ``auto``: ``cuda`` (compiled ``sam3lt._C``) → ``triton`` → ``eager
 precedence: the ``backend=`` argument of an op call, the innermost :func:`use_backend` context, the last
 :func:`set_backend` call, the ``SAM3LT_BACKEND`` environment variable, and ``auto``.
 
-Each backend registers, per op, an implementation and a ``supports(*args) -> str | None`` check that returns
-``None`` when it can take the inputs, or a readable reason when it cannot. Under ``auto`` a backend that
+An op's public function checks its arguments once (``check_args`` in its module, registered with
+:func:`define`: a ``TypeError`` / ``ValueError`` naming the argument) and then dispatches. Each backend registers,
+per op, an implementation and a ``supports(*args) -> str | None`` check of *its own* limits (devices, dtypes, head
+dims, int32 sizes) on valid arguments: ``None`` when it can take them, else a readable reason. Under ``auto`` a backend that
 cannot take an input is skipped and the next one runs; a backend that is *missing* altogether (package not
 installed, extension not built: :func:`set_missing_check`) is reported by one warning per backend, the first
 time it would have served CUDA inputs (never while ``torch.compile`` traces: a warning would break the graph).
@@ -48,6 +50,7 @@ class _Impl:
 
 
 _REGISTRY: dict[str, dict[str, _Impl]] = {}
+_CHECKS: dict[str, Callable[..., None]] = {}
 _state = threading.local()
 _global_choice: str | None = None
 _warned: set[str] = set()
@@ -59,6 +62,11 @@ def _check_choice(name: str, where: str) -> str:
     if name not in _CHOICES:
         raise ValueError(f"{where}: unknown backend {name!r}; expected one of {', '.join(_CHOICES)}")
     return name
+
+
+def define(op: str, check_args: Callable[..., None]) -> None:
+    """Declare ``op`` with its argument check (raises TypeError / ValueError naming the argument)."""
+    _CHECKS[op] = check_args
 
 
 def register(op: str, backend: str, fn: Callable, supports: Callable[..., str | None] | None = None,
@@ -133,19 +141,28 @@ def _warn_missing(backend: str, args) -> None:
                       stacklevel=4)
 
 
-def unavailable_reason(op: str, backend: str, *args) -> str | None:
-    """None if ``backend`` can run ``op`` on these inputs, else why not."""
+def backend_reason(op: str, backend: str, args) -> str | None:
+    """None if ``backend`` can run ``op`` on these (valid) arguments, else why not."""
     impl = _REGISTRY.get(op, {}).get(backend)
     if impl is None:
         return f"the {backend} backend has no implementation of {op}"
     return impl.supports(*args)
 
 
+def unavailable_reason(op: str, backend: str, *args) -> str | None:
+    """None if ``backend`` can run ``op`` on these inputs, else why not (invalid arguments: what is wrong)."""
+    try:
+        _CHECKS.get(op, lambda *a: None)(*args)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return backend_reason(op, backend, args)
+
+
 def select(op: str, backend: str | None, *args) -> tuple[str, Callable]:
     """The backend name and implementation that will run ``op`` on these inputs."""
     choice = get_backend() if backend is None else _check_choice(backend, f"{op}(backend=...)")
     if choice != "auto":
-        reason = unavailable_reason(op, choice, *args)
+        reason = backend_reason(op, choice, args)
         if reason is not None:
             raise BackendUnavailable(f"{op}: backend {choice!r} cannot run these inputs: {reason}")
         return choice, _REGISTRY[op][choice].fn
@@ -158,7 +175,7 @@ def select(op: str, backend: str | None, *args) -> tuple[str, Callable]:
         impl = _REGISTRY.get(op, {}).get(name)
         if impl is not None and not impl.auto:
             continue
-        reason = unavailable_reason(op, name, *args)
+        reason = backend_reason(op, name, args)
         if reason is None:
             return name, _REGISTRY[op][name].fn
         if impl is not None and not _compiling():
@@ -168,10 +185,12 @@ def select(op: str, backend: str | None, *args) -> tuple[str, Callable]:
 
 def explain(op: str, *args) -> dict[str, str]:
     """For each backend, "runs" / "available" or the reason it cannot run ``op`` on these inputs (for users
-    asking why a kernel did not run; ``auto`` picks the first that can, in the order of :data:`BACKENDS`)."""
+    asking why a kernel did not run; ``auto`` picks the first that can, in the order of :data:`BACKENDS`).
+    Invalid arguments raise the op's TypeError / ValueError."""
+    _CHECKS.get(op, lambda *a: None)(*args)
     out = {}
     for name in BACKENDS:
-        reason = unavailable_reason(op, name, *args)
+        reason = backend_reason(op, name, args)
         out[name] = "available" if reason is None else reason
     chosen, _ = select(op, "auto", *args)
     out[chosen] = "runs"
@@ -179,5 +198,5 @@ def explain(op: str, *args) -> dict[str, str]:
 
 
 def dispatch(op: str, backend: str | None, *args):
-    """Run ``op`` with the selected backend."""
+    """Run ``op`` with the selected backend (its arguments already checked by the op's public function)."""
     return select(op, backend, *args)[1](*args)

@@ -10,8 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import _contracts as contract
-from ._backend import dispatch
+from . import _checks, _cuda, _triton
+from ._backend import define, dispatch, register
 
 _WEIGHTS = ("wy1", "by1", "wy2", "by2", "wx1", "bx1", "wx2", "bx2")
 
@@ -43,39 +43,31 @@ def box_bias_reference(boxes: torch.Tensor, height: int, width: int, wy1: torch.
     return F.pad(by, pad).permute(0, 3, 1, 2), F.pad(bx, pad).permute(0, 3, 1, 2)
 
 
-def check_args(boxes, height, width, wy1, by1, wy2, by2, wx1, bx1, wx2, bx2) -> tuple[type, str] | None:
-    """None when the arguments fit :func:`box_bias`, else (exception type, message naming the argument)."""
-    if not isinstance(boxes, torch.Tensor):
-        return TypeError, f"boxes must be a tensor, got {type(boxes).__name__}"
-    for name, n in (("height", height), ("width", width)):
-        if isinstance(n, bool) or not isinstance(n, int):
-            return TypeError, f"{name} must be an int, got {type(n).__name__}"
-        if n < 1:
-            return ValueError, f"{name} must be >= 1, got {n}"
+def check_args(boxes, height, width, wy1, by1, wy2, by2, wx1, bx1, wx2, bx2) -> None:
+    """Raise TypeError / ValueError unless the arguments fit :func:`box_bias`."""
+    op = "box_bias"
+    _checks.tensor(op, "boxes", boxes)
+    _checks.integer(op, "height", height, 1)
+    _checks.integer(op, "width", width, 1)
     weights = dict(zip(_WEIGHTS, (wy1, by1, wy2, by2, wx1, bx1, wx2, bx2)))
-    if not isinstance(boxes, torch.Tensor):
-        return TypeError, f"boxes must be a tensor, got {type(boxes).__name__}"
-    problem = contract.tensors_like("boxes", boxes, (("boxes", boxes), *weights.items()))
-    if problem is not None:
-        return problem
+    _checks.like(op, "boxes", boxes, (("boxes", boxes), *weights.items()))
     if boxes.dim() != 3 or boxes.shape[-1] != 4:
-        return ValueError, f"boxes must be (B, Q, 4) cxcywh, got {tuple(boxes.shape)}"
+        raise ValueError(f"{op}: boxes must be (B, Q, 4) cxcywh, got {tuple(boxes.shape)}")
     heads = None
     for axis in "yx":
         w1, b1, w2, b2 = (weights[f"{k}{axis}{i}"] for k, i in (("w", 1), ("b", 1), ("w", 2), ("b", 2)))
         if w1.dim() != 2 or w1.shape[1] != 2:
-            return ValueError, f"w{axis}1 must be (hidden, 2), got {tuple(w1.shape)}"
+            raise ValueError(f"{op}: w{axis}1 must be (hidden, 2), got {tuple(w1.shape)}")
         hidden = w1.shape[0]
         if tuple(b1.shape) != (hidden,):
-            return ValueError, f"b{axis}1 must be (hidden,) = ({hidden},), got {tuple(b1.shape)}"
+            raise ValueError(f"{op}: b{axis}1 must be (hidden,) = ({hidden},), got {tuple(b1.shape)}")
         if w2.dim() != 2 or w2.shape[1] != hidden:
-            return ValueError, f"w{axis}2 must be (heads, hidden) with hidden = {hidden}, got {tuple(w2.shape)}"
+            raise ValueError(f"{op}: w{axis}2 must be (heads, hidden) with hidden = {hidden}, got {tuple(w2.shape)}")
         if heads is not None and w2.shape[0] != heads:
-            return ValueError, f"w{axis}2 has {w2.shape[0]} heads, wy2 has {heads}"
+            raise ValueError(f"{op}: w{axis}2 has {w2.shape[0]} heads, wy2 has {heads}")
         heads = w2.shape[0]
         if tuple(b2.shape) != (heads,):
-            return ValueError, f"b{axis}2 must be (heads,) = ({heads},), got {tuple(b2.shape)}"
-    return None
+            raise ValueError(f"{op}: b{axis}2 must be (heads,) = ({heads},), got {tuple(b2.shape)}")
 
 
 def box_bias(boxes: torch.Tensor, height: int, width: int, wy1: torch.Tensor, by1: torch.Tensor, wy2: torch.Tensor,
@@ -100,7 +92,11 @@ def box_bias(boxes: torch.Tensor, height: int, width: int, wy1: torch.Tensor, by
         (eager computes in the boxes' dtype step by step; the kernel computes in fp32 and rounds the hidden
         layer to that dtype once, before the second layer, and the output once).
     """
-    problem = check_args(boxes, height, width, wy1, by1, wy2, by2, wx1, bx1, wx2, bx2)
-    if problem is not None:
-        raise problem[0](f"box_bias: {problem[1]}")
+    check_args(boxes, height, width, wy1, by1, wy2, by2, wx1, bx1, wx2, bx2)
     return dispatch("box_bias", backend, boxes, height, width, wy1, by1, wy2, by2, wx1, bx1, wx2, bx2)
+
+
+define("box_bias", check_args)
+register("box_bias", "eager", box_bias_reference)
+register("box_bias", "triton", *_triton.backend("box_bias", "box_bias"))
+register("box_bias", "cuda", *_cuda.torch_backend(box_bias_reference), auto=False)

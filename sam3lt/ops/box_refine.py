@@ -5,37 +5,70 @@ start ``encode_boxes_sine(boxes, num_feats)`` (HF ``encode_boxes``). Eager it is
 """
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
-from . import _contracts as contract
-from ._backend import dispatch
+from . import _checks, _cuda, _triton
+from ._backend import define, dispatch, register
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+@functools.lru_cache(maxsize=None)  # never evicted: CUDA graphs of the fast path read these tensors
+def _dim_t_cached(num_feats: int, temperature: float, dtype, device) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        divisors = torch.arange(num_feats, dtype=torch.int64, device=device).to(dtype)
+        return temperature ** (2 * torch.div(divisors, 2, rounding_mode="floor") / num_feats)
+
+
+def dim_t(num_feats: int, temperature: float, dtype, device) -> torch.Tensor:
+    """The sine encodings' frequency divisors (a constant per size, dtype and device: computed once)."""
+    if torch.compiler.is_compiling():  # traced: the compiler folds the constant itself
+        return _dim_t_cached.__wrapped__(num_feats, temperature, dtype, device)
+    return _dim_t_cached(int(num_feats), float(temperature), dtype, torch.device(device))
+
+
+def clear_divisors() -> None:
+    _dim_t_cached.cache_clear()
+
+
+def interleave_sin_cos(pos: torch.Tensor) -> torch.Tensor:
+    return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
+def encode_boxes_sine(boxes: torch.Tensor, num_feats: int) -> torch.Tensor:
+    """HF ``encode_boxes``: (B, Q, 4) cxcywh -> (B, Q, 4·num_feats) ordered (y, x, w, h)."""
+    divisors = dim_t(num_feats, 10000, boxes.dtype, boxes.device)
+    scaled = boxes * (2 * math.pi)
+    pos = interleave_sin_cos(scaled[..., :, None] / divisors)  # (B, Q, 4, num_feats)
+    return torch.cat((pos[..., 1, :], pos[..., 0, :], pos[..., 2, :], pos[..., 3, :]), dim=-1)
 
 
 def box_refine_reference(delta: torch.Tensor, boxes: torch.Tensor, num_feats: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager reference (the spec: the decoder's own expressions, in the inputs' dtype with torch's rounding after
     each step, bitwise what the model computes). See :func:`box_refine`."""
-    from ..model.common import encode_boxes_sine, inverse_sigmoid  # sam3lt.model imports sam3lt.ops
 
     new_boxes = (delta + inverse_sigmoid(boxes)).sigmoid()
     return new_boxes, encode_boxes_sine(new_boxes, num_feats)
 
 
-def check_args(delta, boxes, num_feats) -> tuple[type, str] | None:
-    """None when the arguments fit :func:`box_refine`, else (exception type, message naming the argument)."""
-    if not isinstance(delta, torch.Tensor):
-        return TypeError, f"delta must be a tensor, got {type(delta).__name__}"
-    problem = contract.tensors_like("delta", delta, (("delta", delta), ("boxes", boxes)))
-    if problem is not None:
-        return problem
-    if isinstance(num_feats, bool) or not isinstance(num_feats, int):
-        return TypeError, f"num_feats must be an int, got {type(num_feats).__name__}"
+def check_args(delta, boxes, num_feats) -> None:
+    """Raise TypeError / ValueError unless the arguments fit :func:`box_refine`."""
+    op = "box_refine"
+    _checks.tensor(op, "delta", delta)
+    _checks.like(op, "delta", delta, (("delta", delta), ("boxes", boxes)))
+    _checks.integer(op, "num_feats", num_feats)
     if num_feats < 2 or num_feats % 2:
-        return ValueError, f"num_feats must be even and >= 2 (sin/cos pairs), got {num_feats}"
+        raise ValueError(f"{op}: num_feats must be even and >= 2 (sin/cos pairs), got {num_feats}")
     if delta.dim() != 3 or delta.shape[-1] != 4:
-        return ValueError, f"delta must be (B, Q, 4), got {tuple(delta.shape)}"
+        raise ValueError(f"{op}: delta must be (B, Q, 4), got {tuple(delta.shape)}")
     if boxes.shape != delta.shape:
-        return ValueError, f"boxes must be (B, Q, 4) like delta {tuple(delta.shape)}, got {tuple(boxes.shape)}"
-    return None
+        raise ValueError(f"{op}: boxes must be (B, Q, 4) like delta {tuple(delta.shape)}, got {tuple(boxes.shape)}")
 
 
 def box_refine(delta: torch.Tensor, boxes: torch.Tensor, num_feats: int,
@@ -58,7 +91,11 @@ def box_refine(delta: torch.Tensor, boxes: torch.Tensor, num_feats: int,
         in fp32, rounds the new box to the input dtype once and encodes that rounded box, as the eager code
         encodes the stored box).
     """
-    problem = check_args(delta, boxes, num_feats)
-    if problem is not None:
-        raise problem[0](f"box_refine: {problem[1]}")
+    check_args(delta, boxes, num_feats)
     return dispatch("box_refine", backend, delta, boxes, num_feats)
+
+
+define("box_refine", check_args)
+register("box_refine", "eager", box_refine_reference)
+register("box_refine", "triton", *_triton.backend("box_refine", "box_refine"))
+register("box_refine", "cuda", *_cuda.torch_backend(box_refine_reference), auto=False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._backend import dispatch
+from . import _checks, _cuda, _triton
+from ._backend import define, dispatch, register
 
 
 def _merge_heads(out: torch.Tensor) -> torch.Tensor:
@@ -20,6 +21,46 @@ def box_bias_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return _merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
 
 
+def _check_qkv(op, q, k, v) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _checks.floating(op, name, t)
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"{op}: expects q, k, v of shape (B, heads, L, D)")
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"{op}: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"{op}: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
+
+
+def check_box_bias_attention(q, k, v, bias_y, bias_x) -> None:
+    """Raise TypeError / ValueError unless the arguments fit :func:`box_bias_attention`."""
+    op = "box_bias_attention"
+    _check_qkv(op, q, k, v)
+    _checks.floating(op, "bias_y", bias_y)
+    _checks.floating(op, "bias_x", bias_x)
+    if bias_y.dim() != 4 or bias_x.dim() != 4:
+        raise ValueError(f"{op}: expects bias_y (B, heads, Lq, Hg) and bias_x (B, heads, Lq, Wg)")
+    if bias_y.shape[:3] != q.shape[:3] or bias_x.shape[:3] != q.shape[:3]:
+        raise ValueError(f"{op}: bias_y / bias_x leading dims must be (B, heads, Lq) = {tuple(q.shape[:3])}")
+    if bias_y.shape[-1] * bias_x.shape[-1] != k.shape[2]:
+        raise ValueError(f"{op}: keys ({k.shape[2]}) != Hg·Wg ({bias_y.shape[-1]}·{bias_x.shape[-1]})")
+    _checks.same_device(op, (("q", q), ("k", k), ("v", v), ("bias_y", bias_y), ("bias_x", bias_x)))
+
+
+def check_masked_attention(q, k, v, key_padding_mask=None) -> None:
+    """Raise TypeError / ValueError unless the arguments fit :func:`masked_attention`."""
+    op = "masked_attention"
+    _check_qkv(op, q, k, v)
+    if key_padding_mask is not None:
+        _checks.tensor(op, "key_padding_mask", key_padding_mask)
+        if tuple(key_padding_mask.shape) != (k.shape[0], k.shape[2]):
+            raise ValueError(f"{op}: key_padding_mask must be (B, Lk) = ({k.shape[0]}, {k.shape[2]}), "
+                             f"got {tuple(key_padding_mask.shape)}")
+        if key_padding_mask.dtype.is_complex:
+            raise TypeError(f"{op}: unsupported key_padding_mask dtype {key_padding_mask.dtype}")
+    _checks.same_device(op, (("q", q), ("k", k), ("v", v), ("key_padding_mask", key_padding_mask)))
+
+
 def box_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_y: torch.Tensor, bias_x: torch.Tensor,
                        backend: str | None = None) -> torch.Tensor:
     """Cross-attention of queries over an Hg×Wg token grid with an additive separable bias.
@@ -32,6 +73,7 @@ def box_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_y
     Returns:
         (B, Lq, heads·D), heads merged, dtype of ``q``.
     """
+    check_box_bias_attention(q, k, v, bias_y, bias_x)
     return dispatch("box_bias_attention", backend, q, k, v, bias_y, bias_x)
 
 
@@ -54,4 +96,27 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padd
     Returns:
         (B, Lq, heads·D), heads merged, dtype of ``q``.
     """
+    check_masked_attention(q, k, v, key_padding_mask)
     return dispatch("masked_attention", backend, q, k, v, key_padding_mask)
+
+
+def _cuda_limits(q, k, tensors):
+    return (_cuda.head_dim_reason(q.shape[-1]) or _cuda.launch_reason(tensors)
+            or _cuda.fits_int32(q.shape[2], k.shape[2], q.shape[0] * q.shape[1]))
+
+
+def _cuda_box_bias_attention(q, k, v, bias_y, bias_x):
+    if bias_y.dtype != bias_x.dtype:
+        return f"bias_y and bias_x dtypes differ ({bias_y.dtype}, {bias_x.dtype})"
+    return _cuda_limits(q, k, (q, k, v, bias_y, bias_x))
+
+
+define("box_bias_attention", check_box_bias_attention)
+register("box_bias_attention", "eager", box_bias_attention_reference)
+register("box_bias_attention", "triton", *_triton.backend("box_bias_attention", "cross_attention"))
+register("box_bias_attention", "cuda", *_cuda.backend("box_bias_attention", _cuda_box_bias_attention))
+define("masked_attention", check_masked_attention)
+register("masked_attention", "eager", masked_attention_reference)
+register("masked_attention", "triton", *_triton.backend("masked_attention", "cross_attention"))
+register("masked_attention", "cuda", *_cuda.backend(
+    "masked_attention", lambda q, k, v, key_padding_mask=None: _cuda_limits(q, k, (q, k, v))))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _contracts as contract
-from ._backend import dispatch
+from . import _checks, _cuda, _triton
+from ._backend import define, dispatch, register
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # gelu: exact (erf), torch's default
 
@@ -25,26 +25,23 @@ def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return y if residual is None else y + residual
 
 
-def check_args(x, weight, bias=None, activation=None, residual=None) -> tuple[type, str] | None:
-    """None when the arguments fit :func:`linear`, else (exception type, message naming the argument)."""
-    if not isinstance(x, torch.Tensor):
-        return TypeError, f"x must be a tensor, got {type(x).__name__}"
-    problem = contract.tensors_like("x", x, (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)),
-                                    optional=("bias", "residual"))
-    if problem is not None:
-        return problem
+def check_args(x, weight, bias=None, activation=None, residual=None) -> None:
+    """Raise TypeError / ValueError unless the arguments fit :func:`linear`."""
+    op = "linear"
+    _checks.tensor(op, "x", x)
+    _checks.like(op, "x", x, (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)),
+                 optional=("bias", "residual"))
     if activation is not None and activation not in ACTIVATIONS:
-        return ValueError, f"activation must be None or one of {sorted(ACTIVATIONS)}, got {activation!r}"
+        raise ValueError(f"{op}: activation must be None or one of {sorted(ACTIVATIONS)}, got {activation!r}")
     if x.dim() < 1:
-        return ValueError, "x must have at least one dimension (..., K)"
+        raise ValueError(f"{op}: x must have at least one dimension (..., K)")
     if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
-        return ValueError, f"weight must be (N, K) with K = x.shape[-1] = {x.shape[-1]}, got {tuple(weight.shape)}"
+        raise ValueError(f"{op}: weight must be (N, K) with K = x.shape[-1] = {x.shape[-1]}, got {tuple(weight.shape)}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        return ValueError, f"bias must be (N,) = ({weight.shape[0]},), got {tuple(bias.shape)}"
+        raise ValueError(f"{op}: bias must be (N,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
     out_shape = (*x.shape[:-1], weight.shape[0])
     if residual is not None and tuple(residual.shape) != out_shape:
-        return ValueError, f"residual must have the output shape {out_shape}, got {tuple(residual.shape)}"
-    return None
+        raise ValueError(f"{op}: residual must have the output shape {out_shape}, got {tuple(residual.shape)}")
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None,
@@ -60,7 +57,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         (..., N) in x's dtype. Under ``auto`` torch's F.linear + elementwise ops run (the triton GEMM is used
         only when the triton backend is named: per call with ``backend="triton"`` or process-wide).
     """
-    problem = check_args(x, weight, bias, activation, residual)
-    if problem is not None:
-        raise problem[0](f"linear: {problem[1]}")
+    check_args(x, weight, bias, activation, residual)
     return dispatch("linear", backend, x, weight, bias, activation, residual)
+
+
+# The Triton GEMM and the cuda backend (cuBLAS through the reference) run only when named (auto=False): under auto
+# the eager reference runs (cuBLAS + elementwise ops), unless sam3lt.ops.autotune measured another faster.
+define("linear", check_args)
+register("linear", "eager", linear_reference)
+register("linear", "triton", *_triton.backend("linear", "linear"), auto=False)
+register("linear", "cuda", *_cuda.torch_backend(linear_reference), auto=False)

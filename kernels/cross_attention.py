@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import dot_precision, is_interpreted, launch, next_pow2
+from ._utils import dot_precision, is_interpreted, launch, launch_reason, next_pow2
 
 MAX_HEAD_DIM = 256
 _LOG2E = 1.4426950408889634
@@ -153,3 +153,17 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Launcher. q (B, heads, Lq, D), k/v (B, heads, Lk, D), key_padding_mask (B, Lk) (nonzero = valid) or None.
     Returns (B, Lq, heads·D) contiguous in q's dtype. See :func:`sam3lt.ops.masked_attention`."""
     return _attention(q, k, v, None, None, key_padding_mask)
+
+
+# ---------------------------------------------------------------- limits (arguments already validated by the op)
+
+def _head_dim_reason(q) -> str | None:
+    return f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}" if q.shape[-1] > MAX_HEAD_DIM else None
+
+
+def supports_box_bias_attention(q, k, v, bias_y, bias_x) -> str | None:
+    return _head_dim_reason(q) or launch_reason((q, k, v, bias_y, bias_x), q.numel())
+
+
+def supports_masked_attention(q, k, v, key_padding_mask=None) -> str | None:
+    return _head_dim_reason(q) or launch_reason((q, k, v), q.numel())

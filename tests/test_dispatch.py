@@ -172,7 +172,7 @@ def test_mask_product_auto_uses_torch_matmul():
 
 
 @pytest.mark.parametrize("case, reason", [
-    ("int", "unsupported dtype"),
+    ("int", "must be a floating-point tensor"),
     ("odd_head_dim", "odd head dim"),
     ("bad_tables", "cos/sin must be"),
     ("even_taps", "even kernel size"),

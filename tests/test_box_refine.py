@@ -131,10 +131,10 @@ def test_triton_supports_gives_reasons():
     from sam3lt.ops import _triton
 
     delta, boxes = torch.randn(1, 3, 4), torch.rand(1, 3, 4)
-    assert "dtype" in _triton._supports_box_refine(delta.double(), boxes.double(), 8)
-    assert "num_feats" in _triton._supports_box_refine(delta, boxes, 7)
+    assert "dtype" in _backend.unavailable_reason("box_refine", "triton", delta.double(), boxes.double(), 8)
+    assert "num_feats" in _backend.unavailable_reason("box_refine", "triton", delta, boxes, 7)
     if _triton.INTERPRETED:
-        assert "bfloat16" in _triton._supports_box_refine(delta.bfloat16(), boxes.bfloat16(), 8)
+        assert "bfloat16" in _backend.unavailable_reason("box_refine", "triton", delta.bfloat16(), boxes.bfloat16(), 8)
 
 
 @pytest.mark.parametrize("kw, exc, name", [

@@ -118,10 +118,10 @@ def test_triton_supports_gives_reasons():
 
     gen = seeds.gen(0)
     boxes, weights = torch.rand(1, 3, 4, generator=gen), [w.cpu() for w in _weights(gen, 16, 8)]
-    assert "dtype" in _triton._supports_box_bias(boxes.double(), 4, 4, *[w.double() for w in weights])
-    assert "wx2" in _triton._supports_box_bias(boxes, 4, 4, *weights[:6], weights[6][:, :3], weights[7])
+    assert "dtype" in _backend.unavailable_reason("box_bias", "triton", boxes.double(), 4, 4, *[w.double() for w in weights])
+    assert "wx2" in _backend.unavailable_reason("box_bias", "triton", boxes, 4, 4, *weights[:6], weights[6][:, :3], weights[7])
     if _triton.INTERPRETED:
-        assert "bfloat16" in _triton._supports_box_bias(boxes.bfloat16(), 4, 4, *[w.bfloat16() for w in weights])
+        assert "bfloat16" in _backend.unavailable_reason("box_bias", "triton", boxes.bfloat16(), 4, 4, *[w.bfloat16() for w in weights])
 
 
 def _bad(**kw):

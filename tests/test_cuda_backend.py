@@ -11,7 +11,7 @@
   not), and outputs are allocated between guard bytes (out-of-bounds writes) and filled with NaN first
   (elements never written).
 
-The case lists are the Triton backend's (tests/test_ops_*.py), the tolerance is the same flash-attention style
+The case lists are the Triton backend's (tests/test_<op>.py), the tolerance is the same flash-attention style
 bound (``_interp.check_close``). GPU-only extras: shapes of the real model (576-token windows, 5184-token global
 attention, 200 queries over a 72×72 grid), opcheck, torch.compile, and whole-model parity cuda vs eager on the
 tiny config.
@@ -29,11 +29,11 @@ import sam3lt.ops as ops
 import seeds
 from _interp import check_close
 from sam3lt.ops import _backend, _cuda
-from test_ops_box_attention import BOX_CASES, MASK_CASES
-from test_ops_repmixer import CASES as REPMIXER_CASES
-from test_ops_repmixer import _ref_pair as repmixer_refs
-from test_ops_upsample import BINARY_CASES, SIZES, _check_binary
-from test_ops_window_attention import CASES as WINDOW_CASES
+from test_cross_attention import BOX_CASES, MASK_CASES
+from test_repmixer import CASES as REPMIXER_CASES
+from test_repmixer import _ref_pair as repmixer_refs
+from test_upsample import BINARY_CASES, SIZES, _check_binary
+from test_window_attention import CASES as WINDOW_CASES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPU = torch.cuda.is_available()

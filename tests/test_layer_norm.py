@@ -130,10 +130,10 @@ def _bad_args(case):
 
 
 @pytest.mark.parametrize("case, exc, name", [
-    ("x_not_tensor", TypeError, "x must be a torch.Tensor"), ("x_int", TypeError, "x must have a floating"),
+    ("x_not_tensor", TypeError, "x must be a tensor"), ("x_int", TypeError, "x must be a floating-point tensor"),
     ("x_scalar", ValueError, "x must have at least one"), ("residual_shape", ValueError, "residual shape"),
     ("residual_dtype", TypeError, "residual dtype"), ("weight_size", ValueError, r"weight must be \(8,\)"),
-    ("bias_size", ValueError, r"bias must be \(8,\)"), ("bias_int", TypeError, "bias must have a floating"),
+    ("bias_size", ValueError, r"bias must be \(8,\)"), ("bias_int", TypeError, "bias must be a floating-point tensor"),
     ("bias_dtype", TypeError, "bias dtype"), ("residual_device", ValueError, "residual is on meta"),
 ])
 @pytest.mark.parametrize("backend", [None, "eager"])

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._backend import dispatch
+from . import _checks, _cuda, _triton
+from ._backend import define, dispatch, register
 
 
 def rotate_pairwise(x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +74,28 @@ def window_attention_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.
     return out[:, :height, :width].contiguous()
 
 
+def check_args(qkv, cos, sin, num_heads, window_size, pad_value=None) -> None:
+    """Raise TypeError / ValueError unless the arguments fit :func:`window_attention`."""
+    op = "window_attention"
+    for name, t in (("qkv", qkv), ("cos", cos), ("sin", sin)) + ((("pad_value", pad_value),) if pad_value is not None else ()):
+        _checks.floating(op, name, t)
+    _checks.integer(op, "num_heads", num_heads, 1)
+    _checks.integer(op, "window_size", window_size, 0)
+    if qkv.dim() != 4 or cos.dim() != 2 or sin.dim() != 2:
+        raise ValueError(f"{op}: expects qkv (B, H, W, 3·C) and cos/sin (T, D), got {tuple(qkv.shape)}, "
+                         f"{tuple(cos.shape)}, {tuple(sin.shape)}")
+    _, height, width, three_c = qkv.shape
+    if three_c % (3 * num_heads) != 0:
+        raise ValueError(f"{op}: qkv channels {three_c} are not 3 × num_heads ({num_heads}) × head_dim")
+    head_dim = three_c // (3 * num_heads)
+    tokens = window_size * window_size if window_size > 0 else height * width
+    if tuple(cos.shape) != (tokens, head_dim) or tuple(sin.shape) != (tokens, head_dim):
+        raise ValueError(f"{op}: cos/sin must be ({tokens}, {head_dim}) for this window, got {tuple(cos.shape)}")
+    if pad_value is not None and (pad_value.dim() != 1 or pad_value.shape[0] != three_c):
+        raise ValueError(f"{op}: pad_value must be ({three_c},), got {tuple(pad_value.shape)}")
+    _checks.same_device(op, (("qkv", qkv), ("cos", cos), ("sin", sin), ("pad_value", pad_value)))
+
+
 def window_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int, window_size: int,
                      pad_value: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
     """Windowed (``window_size > 0``) or global (``window_size == 0``) multi-head self-attention with RoPE.
@@ -91,4 +114,17 @@ def window_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, nu
     Returns:
         (B, H, W, C) attention output (before the output projection), contiguous, dtype of ``qkv``.
     """
+    check_args(qkv, cos, sin, num_heads, window_size, pad_value)
     return dispatch("window_attention", backend, qkv, cos, sin, num_heads, window_size, pad_value)
+
+
+def _cuda_supports(qkv, cos, sin, num_heads, window_size, pad_value=None):
+    batch, height, width, three_c = qkv.shape
+    return (_cuda.head_dim_reason(three_c // (3 * num_heads)) or _cuda.launch_reason((qkv, cos, sin, pad_value))
+            or _cuda.fits_int32(cos.shape[0], batch * num_heads, three_c, height, width))
+
+
+define("window_attention", check_args)
+register("window_attention", "eager", window_attention_reference)
+register("window_attention", "triton", *_triton.backend("window_attention", "window_attention"))
+register("window_attention", "cuda", *_cuda.backend("window_attention", _cuda_supports))

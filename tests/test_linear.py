@@ -125,12 +125,10 @@ def test_argument_errors_name_the_argument(kw, exc, name):
 
 
 def test_triton_supports_gives_reasons():
-    from sam3lt.ops import _triton
-
     x, w = torch.randn(3, 8), torch.randn(5, 8)
-    assert "weight" in _triton._supports_linear(x, torch.randn(5, 7))
-    assert "activation" in _triton._supports_linear(x, w, None, "tanh", None)
-    assert "dtype" in _triton._supports_linear(x.double(), w.double())  # fp64: valid for the op, not the kernel
+    assert "weight" in _backend.unavailable_reason("linear", "triton", x, torch.randn(5, 7))
+    assert "activation" in _backend.unavailable_reason("linear", "triton", x, w, None, "tanh", None)
+    assert "dtype" in _backend.unavailable_reason("linear", "triton", x.double(), w.double())  # fp64: valid for the op, not the kernel
 
 
 @kernel_test
