@@ -25,6 +25,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .sections import merge
+
 GIB = 2**30
 GOAL_DTYPE, GOAL_IMAGE_SIZE, GOAL_SIZE = "bfloat16", 1008, "full"
 CPU_REASON = "CPU run: sizes reduced"
@@ -306,8 +308,6 @@ def main(argv=None) -> None:
     parser.add_argument("folder", type=Path, help="a run folder (its section JSON files)")
     parser.add_argument("--print", action="store_true", help="print goals.md; write nothing")
     args = parser.parse_args(argv)
-    from .report import merge
-
     result = merge(args.folder)
     goals = evaluate(result)
     if args.print:

@@ -10,56 +10,19 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 from . import goals as goals_mod
-from .common import NOT_MEASURED, SCHEMA, SHORT
+from .common import NOT_MEASURED, SHORT
 from .e2e import BREAKDOWN, FAST_DTYPE
 from .layers import COMPONENTS, FULL, POSTPROCESS, ROWS, SAME
+from .sections import GPU_ROWS, SECTIONS, load_sections, merge  # noqa: F401  (the report's inputs)
 
-SECTIONS = ("fast", "ops", "layers", "e2e", "compile", "fast-compile")
 IMPL_LABELS = {"sam3lt:eager": "sam3lt eager", "sam3lt:triton": "sam3lt triton", "sam3lt:cuda": "sam3lt cuda",
                "sam3lt:auto": "sam3lt auto", "sam3lt:fast": "sam3lt fast",
                "sam3lt:fast+compile": "sam3lt fast+compile", "hf:eager": "HF eager", "hf:compile": "HF compile"}
 FAST_IMPLS = ("sam3lt:fast", "sam3lt:fast+compile")
 SUM_ROW = "sum of components"
-GPU_ROWS = ("fast path (bf16, CUDA graphs): breakdown, memory, accuracy", "per-op microbenchmarks (fp32, bf16)",
-            "per-layer breakdown (fp32, bf16)", "latency, batch 1 (fp32, bf16)", "throughput, batch 1/4/8",
-            "one image, 1/4/16/64 prompts", "peak memory")
-
-
-# ------------------------------------------------------------------------------------------------ merge
-def load_sections(folder: Path) -> dict:
-    out = {}
-    for name in SECTIONS:
-        path = folder / f"{name}.json"
-        if path.exists():
-            out[name] = json.loads(path.read_text())
-    return out
-
-
-def merge(folder: Path) -> dict:
-    """One results dict from the section files in ``folder`` (each written by one process)."""
-    sections = load_sections(folder)
-    if not sections:
-        raise FileNotFoundError(f"no section results ({', '.join(s + '.json' for s in SECTIONS)}) in {folder}")
-    first = next(iter(sections.values()))
-    result = {"schema": SCHEMA, "run": dict(first["run"]), "env": first["env"], "settings": first["settings"],
-              "ceilings": {}, "sections": {}}
-    for name, data in sections.items():
-        if data.get("ceilings"):
-            result["ceilings"] = data["ceilings"]
-        result["sections"][name] = {"complete": data.get("complete", False), "records": data.get("records", []),
-                                    "elapsed_s": data.get("elapsed_s"), "run": data["run"],
-                                    "load_average": [data.get("env", {}).get("load_average_at_start"),
-                                                     data.get("load_average_at_end")]}
-    result["run"]["report_date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    if result["env"].get("device_kind") != "cuda":
-        result["gpu"] = {"status": NOT_MEASURED,
-                         "note": "this is a CPU run; GPU numbers come from bench/gpu_check.sh on an H100/H200",
-                         "rows": {what: NOT_MEASURED for what in GPU_ROWS}}
-    return result
 
 
 def records(result: dict, section: str) -> list[dict]:

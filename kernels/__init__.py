@@ -20,15 +20,16 @@ This package itself is importable without Triton; only the submodules import it.
 
 Triton's interpreter (``TRITON_INTERPRET=1``, numpy on the CPU) is chosen when ``triton`` is *imported*
 (its own library functions such as ``tl.sum`` are decorated then), so the variable has to be set before the
-first ``import triton`` of the process; :func:`kernels_interpreted` tells which way the kernels were built.
+first ``import triton`` of the process; ``_utils.INTERPRETED`` tells which way the kernels were built.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import pkgutil
 
-FAMILIES = ("repmixer", "window_attention", "cross_attention", "upsample", "linear", "layer_norm", "box_bias",
-            "box_refine")
+# one module per op family, found on disk (adding kernels/<family>.py is all it takes)
+FAMILIES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 FLOATS = ("float32", "float16", "bfloat16")
 
 
@@ -45,14 +46,6 @@ def triton_missing() -> str | None:
 def interpret_requested() -> bool:
     """True when ``TRITON_INTERPRET=1`` is set now (read at every call)."""
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
-
-
-def kernels_interpreted() -> bool:
-    """True when the kernels were built for the interpreter (imports the kernel modules)."""
-    from . import repmixer
-    from ._utils import is_interpreted
-
-    return is_interpreted(repmixer._dwconv_kernel)
 
 
 def float_tensors_on_one_device(tensors) -> str | None:

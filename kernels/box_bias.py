@@ -82,7 +82,7 @@ def _box_bias_kernel(boxes_ptr, wy1_ptr, by1_ptr, wy2_ptr, by2_ptr, wx1_ptr, bx1
                    wx1_ptr, bx1_ptr, wx2_ptr, bx2_ptr, out_x_ptr, BLOCK_R, BLOCK_H, HEADS_P, DOT_PRECISION)
 
 
-def config(rows: int, hidden: int, heads: int, interpreted: bool) -> dict:
+def _config(rows: int, hidden: int, heads: int, interpreted: bool) -> dict:
     """Block sizes. GPU: 64 rows × 64 hidden units per step, 4 warps (the real shape, 201·72 rows per axis, gives
     ~450 programs, a few waves on 108-132 SMs; the (64, 64) fp32 hidden tile is 32 registers a thread). Interpreter:
     the largest tiles (numpy runs a tile per step; the program count dominates). tl.dot needs every dim >= 16."""
@@ -107,7 +107,7 @@ def box_bias(boxes: torch.Tensor, height: int, width: int, wy1: torch.Tensor, by
         return out_y, out_x
     weights = [t.contiguous() for t in (wy1, by1, wy2, by2, wx1, bx1, wx2, bx2)]
     rows_y, rows_x = (queries + 1) * height, (queries + 1) * width
-    cfg = config(max(rows_y, rows_x), max(wy1.shape[0], wx1.shape[0]), heads, is_interpreted(_box_bias_kernel))
+    cfg = _config(max(rows_y, rows_x), max(wy1.shape[0], wx1.shape[0]), heads, is_interpreted(_box_bias_kernel))
     nblk_y = triton.cdiv(rows_y, cfg["BLOCK_R"])
     grid = (nblk_y + triton.cdiv(rows_x, cfg["BLOCK_R"]), batch)
     launch(_box_bias_kernel, grid, boxes, *weights, out_y, out_x, queries, height, width, heads, wy1.shape[0],

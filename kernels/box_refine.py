@@ -72,7 +72,7 @@ def _box_refine_kernel(delta_ptr, boxes_ptr, new_ptr, enc_ptr, ROWS, Q, HALF, s_
     _encode(enc_row + 3 * feats, h, inv_dim_t, offs_i, store_ok, TWO_PI)
 
 
-def config(rows: int, num_feats: int, interpreted: bool) -> dict:
+def _config(rows: int, num_feats: int, interpreted: bool) -> dict:
     """Block sizes. GPU: a (BLOCK_R, num_feats/2) argument tile of ~1024 values (16 rows for num_feats = 128: 13
     programs for one prompt's 200 queries, 4 warps). Interpreter: as many rows as fit a 64Ki tile (the program
     count dominates there)."""
@@ -93,7 +93,7 @@ def box_refine(delta: torch.Tensor, boxes: torch.Tensor, num_feats: int) -> tupl
     rows = batch * queries
     if rows == 0:
         return new_boxes, encoding
-    cfg = config(rows, num_feats, is_interpreted(_box_refine_kernel))
+    cfg = _config(rows, num_feats, is_interpreted(_box_refine_kernel))
     grid = (triton.cdiv(rows, cfg["BLOCK_R"]),)
     launch(_box_refine_kernel, grid, delta, boxes, new_boxes, encoding, rows, queries, num_feats // 2,
            *delta.stride(), *boxes.stride(), LOG2_T=_LOG2_TEMPERATURE, TWO_PI=_TWO_PI, EPS=1e-3, **cfg)

@@ -47,7 +47,7 @@ def _add_ln_kernel(x_ptr, r_ptr, w_ptr, b_ptr, sum_ptr, out_ptr, n_rows, C, eps,
     tl.store(out_ptr + dst, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _blocks(rows: int, channels: int, interpreted: bool) -> tuple[int, int, int]:
+def _config(rows: int, channels: int, interpreted: bool) -> tuple[int, int, int]:
     block_c = next_pow2(channels)
     # GPU (untuned): ~4K elements per program, 4 rows of C = 1024 (ViT), 16 of C = 256 (DETR), 4 warps;
     # interpreter: large tiles, few programs
@@ -67,7 +67,7 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
         return out_sum, out
     x2, r2 = x.reshape(-1, channels), residual.reshape(-1, channels)
     rows = x2.shape[0]
-    block_r, block_c, warps = _blocks(rows, channels, is_interpreted(_add_ln_kernel))
+    block_r, block_c, warps = _config(rows, channels, is_interpreted(_add_ln_kernel))
     launch(_add_ln_kernel, (triton.cdiv(rows, block_r),), x2, r2, weight, bias, out_sum, out, rows, channels,
            float(eps), *x2.stride(), *r2.stride(), weight.stride(0), bias.stride(0),
            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)

@@ -72,7 +72,7 @@ def _linear_kernel(x_ptr, w_ptr, b_ptr, r_ptr, out_ptr, M, N, K,
     tl.store(out_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def config(m: int, n: int, k: int, dtype: torch.dtype, interpreted: bool) -> dict:
+def _config(m: int, n: int, k: int, dtype: torch.dtype, interpreted: bool) -> dict:
     """Block sizes and launch settings (sm_80 and sm_90 share the table: each entry fits sm_80's shared memory).
 
     - interpreter: the largest tiles (numpy runs a whole tile per step; the program count dominates);
@@ -107,7 +107,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act
         return out
     x2 = x.reshape(m, k)
     res = residual.reshape(m, n) if residual is not None else None
-    cfg = config(m, n, k, x.dtype, is_interpreted(_linear_kernel))
+    cfg = _config(m, n, k, x.dtype, is_interpreted(_linear_kernel))
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
     launch(_linear_kernel, grid, x2, weight, weight if bias is None else bias, weight if res is None else res, out,
            m, n, k, *x2.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0,

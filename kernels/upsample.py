@@ -34,7 +34,7 @@ def _round_to(dtype: torch.dtype, value: float) -> float:
     return float(np.float32(value))
 
 
-def _tile(height: int, width: int, interpreted: bool) -> tuple[int, int]:
+def _config(height: int, width: int, interpreted: bool) -> tuple[int, int]:
     if interpreted:  # whole small planes per program
         return min(next_pow2(height), 64), min(next_pow2(width), 64)
     return min(next_pow2(height), 8), min(next_pow2(width), 128)
@@ -71,7 +71,7 @@ def upsample_nearest_add(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     out = torch.empty((batch, channels, height, width), device=skip.device, dtype=skip.dtype)
     if out.numel() == 0:
         return out
-    block_h, block_w = _tile(height, width, is_interpreted(_nearest_add_kernel))
+    block_h, block_w = _config(height, width, is_interpreted(_nearest_add_kernel))
     n_hblk, n_wblk = triton.cdiv(height, block_h), triton.cdiv(width, block_w)
     grid = (batch * channels * n_hblk * n_wblk,)
     launch(_nearest_add_kernel, grid, x, skip, out, channels, h, w, height, width, n_hblk, n_wblk,
@@ -188,7 +188,7 @@ def masks_to_binary(mask_logits: torch.Tensor, size: Sequence[int], threshold: f
         return out
     # the reference compares a tensor of the input dtype with a Python scalar: the scalar is rounded to that dtype
     thr = _round_to(mask_logits.dtype, threshold)
-    block_h, block_w = _tile(height, width, is_interpreted(_masks_to_binary_kernel))
+    block_h, block_w = _config(height, width, is_interpreted(_masks_to_binary_kernel))
     n_hblk, n_wblk = triton.cdiv(height, block_h), triton.cdiv(width, block_w)
     grid = (count * n_hblk * n_wblk,)
     launch(_masks_to_binary_kernel, grid, mask_logits, out, h, w, height, width, n_hblk, n_wblk,

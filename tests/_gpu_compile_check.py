@@ -16,6 +16,7 @@ Prints one JSON object; exits non-zero on a failure.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -52,15 +53,10 @@ class StandInDriver:
 _driver.set_active(StandInDriver())
 
 import sam3lt.ops as ops  # noqa: E402
-from sam3lt.kernels import cross_attention, layer_norm, linear, repmixer, upsample, window_attention  # noqa: E402
+import sam3lt.kernels  # noqa: E402
+from sam3lt.kernels import box_bias, box_refine, cross_attention, layer_norm, linear, repmixer, upsample, window_attention  # noqa: E402,F401
 
-MODULES = (repmixer, window_attention, cross_attention, upsample, layer_norm, linear)
-from sam3lt.kernels import box_bias  # noqa: E402
-
-MODULES = MODULES + (box_bias,)
-from sam3lt.kernels import box_refine  # noqa: E402
-
-MODULES = MODULES + (box_refine,)
+MODULES = tuple(importlib.import_module(f"sam3lt.kernels.{family}") for family in sam3lt.kernels.FAMILIES)
 
 
 def compile_all() -> list[dict]:
