@@ -52,6 +52,7 @@ from tokenizers.models import BPE
 from torchvision.transforms.v2 import functional as tvF
 
 from . import ops
+from .model.inputs import check_label_list, check_size, check_sizes
 
 __all__ = ["Sam3LiteTextProcessor", "ClipTokenizer", "ProcessorOutput", "DEFAULT_CHECKPOINT", "SAMPLE_IMAGE"]
 
@@ -270,7 +271,7 @@ class Sam3LiteTextProcessor:
                  do_convert_rgb: bool = True, text_max_length: int = TEXT_MAX_LENGTH):
         self.tokenizer = tokenizer if tokenizer is not None else ClipTokenizer.from_bundled()
         self.tokenizer.max_length = int(text_max_length)
-        self.size = _parse_size(size)
+        self.size = check_size("size", _parse_size(size))
         if isinstance(resample, tvF.InterpolationMode):
             self.resample = resample
         elif int(resample) in _RESAMPLE:
@@ -372,6 +373,7 @@ class Sam3LiteTextProcessor:
             if sizes.ndim != 2 or sizes.shape[-1] != 2:
                 raise ValueError(f"original_sizes: expected (B, 2) sizes (height, width), got shape "
                                  f"{tuple(sizes.shape)}")
+            check_sizes("original_sizes", torch.as_tensor(original_sizes).reshape(sizes.shape))
             out["original_sizes"] = sizes
         elif input_boxes is not None:
             raise ValueError("input_boxes: boxes are in pixels, so images or original_sizes must be given too")
@@ -683,7 +685,7 @@ def _label_rows(input_boxes_labels, box_rows) -> list[list[int]]:
         if len(labels) != len(boxes or []):
             raise ValueError(f"input_boxes_labels[{i}]: {len(labels)} labels for {len(boxes or [])} boxes in "
                              f"input_boxes[{i}]")
-        out.append([int(v) for v in labels])
+        out.append(check_label_list(f"input_boxes_labels[{i}]", labels))
     return out
 
 
@@ -726,7 +728,7 @@ def _sizes_list(target_sizes, batch_size: int | None = None) -> list[tuple[int, 
         raise ValueError("target_sizes: expected one (height, width) per image")
     if batch_size is not None and len(sizes) != batch_size:
         raise ValueError(f"target_sizes: got {len(sizes)} sizes for a batch of {batch_size} images")
-    return [(int(h), int(w)) for h, w in sizes]
+    return check_sizes("target_sizes", sizes)
 
 
 def _resolve_folder(path_or_hub_id, *, revision, cache_dir, local_files_only, token) -> Path:

@@ -16,12 +16,10 @@ from .common import Attention, box_cxcywh_to_xyxy
 from .detr_decoder import DetrDecoder
 from .detr_encoder import DetrEncoder
 from .geometry import GeometryEncoder
+from .inputs import BOX_PADDING_LABEL, check_attention_mask, check_box_labels, check_token_ids
 from .mask_decoder import DotProductScoring, MaskDecoder
 from .text import TextEncoder
 from .vision import VisionEncoder, VisionOutput
-
-BOX_PADDING_LABEL = -10  # HF: boxes labelled -10 are padding
-
 
 @dataclass
 class TextOutput:
@@ -150,13 +148,13 @@ class Sam3LiteTextModel(nn.Module):
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError(f"input_ids: expected a (num_prompts, seq_len) tensor, got "
                              f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
-        if input_ids.is_floating_point():
-            raise TypeError(f"input_ids: expected integer token ids, got dtype {input_ids.dtype}")
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids: the prompt list is empty (shape {tuple(input_ids.shape)})")
         if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
             raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)} (as input_ids), got "
                              f"{tuple(attention_mask.shape)}")
+        check_token_ids(input_ids, self.config.text_config.vocab_size, self.validate_inputs)
+        check_attention_mask(attention_mask, self.validate_inputs)
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                           output_hidden_states: bool = False, **_) -> TextOutput:
@@ -226,6 +224,7 @@ class Sam3LiteTextModel(nn.Module):
             if attention_mask is not None and tuple(attention_mask.shape) != tuple(text.shape[:2]):
                 raise ValueError(f"attention_mask: expected shape {tuple(text.shape[:2])}, got "
                                  f"{tuple(attention_mask.shape)}")
+            check_attention_mask(attention_mask, self.validate_inputs)
         if image_batch != text.shape[0] and image_batch != 1:
             raise ValueError(f"pixel_values / input_ids: {image_batch} images and {text.shape[0]} prompts; "
                              f"pass one image with any number of prompts, or equal batch sizes")
@@ -252,6 +251,7 @@ class Sam3LiteTextModel(nn.Module):
             pos = [p.expand(batch, -1, -1, -1) for p in pos]
         prompt, prompt_mask = text, text_mask
         if input_boxes is not None:
+            check_box_labels(input_boxes_labels, self.validate_inputs)
             prompt, prompt_mask = self._add_box_prompts(text, text_mask, input_boxes, input_boxes_labels,
                                                         feats[-1], pos[-1])
             batch = prompt.shape[0]
