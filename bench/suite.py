@@ -49,7 +49,21 @@ def _ints(text: str) -> list[int]:
     return [int(t) for t in _csv(text)]
 
 
+def _families(text: str) -> list[str]:
+    """--families: names of ``bench/ops`` FAMILIES (the one list), comma-separated; an unknown one is refused."""
+    from .ops import FAMILIES
+
+    names = _csv(text)
+    unknown = [name for name in names if name not in FAMILIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown op family {', '.join(unknown) or repr(text)}; expected some of "
+                                         f"{','.join(FAMILIES)}")
+    return names
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .ops import FAMILIES
+
     p.add_argument("--quick", action="store_true",
                    help="a small run: on the CPU the tiny model and small op shapes; on a GPU the real shapes with "
                         "fewer repetitions, fp32 end to end at batch 1 only, HF compile in bf16 only")
@@ -62,8 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="size class (default: full on GPU, cpu on CPU, tiny on CPU with --quick)")
     p.add_argument("--sections", default=",".join(ALL_SECTIONS), type=_csv,
                    help=f"comma-separated subset of {','.join(ALL_SECTIONS)} (default: all)")
-    p.add_argument("--families", default=None, type=_csv,
-                   help="op families for the ops section (attention,cross_attention,repmixer,upsample)")
+    p.add_argument("--families", default=None, type=_families,
+                   help=f"comma-separated op families for the ops section, some of {', '.join(FAMILIES)} "
+                        f"(default: all)")
     p.add_argument("--dtypes", default="float32,bfloat16", type=_csv, help="default: float32,bfloat16")
     p.add_argument("--backends", default="eager,triton,cuda", type=_csv,
                    help="sam3lt backends (eager, triton, cuda, auto); default: eager,triton,cuda")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -74,9 +75,10 @@ def _add_segment(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model dtype (default: float32)")
-    p.add_argument("--threshold", type=float, default=0.3, help="score threshold for instances (default: 0.3)")
-    p.add_argument("--mask-threshold", type=float, default=0.5,
-                   help="probability threshold for mask pixels (default: 0.5)")
+    p.add_argument("--threshold", type=_unit_interval, default=0.3,
+                   help="score threshold for instances, in [0, 1] (default: 0.3)")
+    p.add_argument("--mask-threshold", type=_unit_interval, default=0.5,
+                   help="probability threshold for mask pixels, in [0, 1] (default: 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights without --checkpoint")
     p.set_defaults(func=run_segment)
 
@@ -94,11 +96,19 @@ def run_segment(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     if device.startswith("cuda") and not torch.cuda.is_available():
         return _fail("--device: cuda was asked for but torch sees no CUDA device")
+    problem = checkpoint_problem(args.checkpoint)
+    if problem:
+        return _fail(f"--checkpoint: {problem}")
 
     from tqdm import tqdm
 
-    model, processor, random_weights = load_model_and_processor(args.checkpoint, device, DTYPES[args.dtype],
-                                                                args.seed)
+    try:
+        model, processor, random_weights = load_model_and_processor(args.checkpoint, device, DTYPES[args.dtype],
+                                                                    args.seed)
+    except (OSError, ValueError) as err:  # unreachable hub id, corrupt or mismatched checkpoint (CheckpointError)
+        if args.checkpoint is None:
+            raise
+        return _fail(f"--checkpoint: {str(err).removeprefix('path_or_hub_id: ')}")
     if random_weights:
         print(f"sam3lt: warning: {RANDOM_WEIGHTS_NOTE}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -106,11 +116,14 @@ def run_segment(args: argparse.Namespace) -> int:
            "dtype": args.dtype, "threshold": args.threshold, "mask_threshold": args.mask_threshold,
            "image_size": model.config.image_size, "images": []}
     stems: set[str] = set()
-    for path in tqdm(paths, desc="segment", unit="image", file=sys.stderr):
+    progress = tqdm(paths, desc="segment", unit="image", file=sys.stderr)
+    for path in progress:
         try:
             image = load_image(path)
         except (RuntimeError, ValueError, OSError) as err:
-            return _fail(f"IMAGE: cannot read {path}: {err}")
+            progress.leave = False
+            progress.close()  # the error gets a line of its own
+            return _fail(f"IMAGE: cannot read {path}: {decode_error_reason(err)}")
         stem = _unique_stem(path.stem, stems)
         instances = _segment_one(model, processor, image, prompts, args.threshold, args.mask_threshold, device)
         run["images"].append(_write_image_outputs(args.out, stem, path, image, instances, prompts, args.checkpoint,
@@ -216,8 +229,55 @@ def _unique_stem(stem: str, used: set[str]) -> str:
 
 
 def _fail(message: str) -> int:
-    print(f"sam3lt: error: {message}", file=sys.stderr)
+    print(f"sam3lt: error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the cause said
     return 2
+
+
+def _unit_interval(text: str) -> float:
+    """argparse type of the thresholds: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+# An HF hub id: "name" or "owner/name" (letters, digits, '-', '_', '.'; not starting with '.' or '-').
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+
+
+def checkpoint_problem(checkpoint: str | None) -> str | None:
+    """Why ``--checkpoint`` cannot be a checkpoint, found without loading anything; None when it may be one (a
+    folder with ``config.json``, or something shaped like a hub id, which only the download can tell)."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return None if (path / "config.json").is_file() else \
+            f"{checkpoint} has no config.json (not a Hugging Face model folder)"
+    if path.exists():
+        return f"{checkpoint} is a file; expected a checkpoint folder or a hub id"
+    if _HUB_ID.match(checkpoint) and ".." not in checkpoint:
+        return None
+    return f"{checkpoint} does not exist (no such folder, and not a hub id of the form owner/name)"
+
+
+# torchvision's decoders prefix their errors with where in its C++ sources they were raised:
+# "decode_jpeg, /__w/vision/.../decode_jpeg.cpp:171, Image is incomplete or truncated".
+_CPP_SOURCE = r"\S+\.(?:cpp|cc|cu|cuh|h|hpp)\b"
+_CPP_PREFIX = re.compile(rf"^\s*\w+, {_CPP_SOURCE}(?::\d+)?, ")
+
+
+def decode_error_reason(err: Exception) -> str:
+    """An image decoder's error as a reason for the user: no path into torchvision's build, no hint about its
+    other functions."""
+    text = _CPP_PREFIX.sub("", " ".join(str(err).split()))
+    text = " ".join(s for s in re.split(r"(?<=\.) ", text) if "`decode_" not in s)  # "For avif ... `decode_avif`"
+    if not text or re.search(_CPP_SOURCE, text):  # another form naming a C++ source: say it plainly
+        return "not a readable image (the decoder failed; jpeg, png, webp and gif are supported)"
+    return text
 
 
 # ------------------------------------------------------------------------------------------------------- bench

@@ -37,6 +37,7 @@ import torch
 from . import ops
 from .model import Sam3LiteTextModel, Sam3LiteTextOutput, VisionOutput
 from .model.common import sine_position_grid
+from .model.inputs import check_attention_mask
 
 _OUTPUT_FIELDS = ("pred_masks", "pred_boxes", "pred_logits", "presence_logits", "semantic_seg")
 
@@ -294,6 +295,7 @@ class FastSam3LiteText:
         else:
             text = text_embeds if isinstance(text_embeds, torch.Tensor) else text_embeds.pooler_output
             prompts = text.shape[0]
+            check_attention_mask(attention_mask, self.model.validate_inputs)
         if images != prompts and images != 1:
             raise ValueError(f"pixel_values / input_ids: {images} images and {prompts} prompts; pass one image "
                              f"with any number of prompts, or equal batch sizes")

@@ -10,8 +10,9 @@ HF's processor for ``sam3_lite_text`` is ``Sam3Processor`` = ``Sam3ImageProcesso
   float32 (HF's fused rescale + normalise). As in HF, float images are expected in [0, 255]: they are rescaled
   by 1/255 too. The maths runs on the input tensor's device, or on ``device`` when given.
 * **text** – CLIP byte-level BPE done by the ``tokenizers`` library (vocabulary and merges from the checkpoint,
-  or the bundled ``assets/bpe_simple_vocab_16e6.txt.gz``), padded to 32 tokens and never truncated, as
-  ``Sam3Processor`` calls its tokenizer (``padding="max_length", max_length=32``).
+  or the bundled ``assets/bpe_simple_vocab_16e6.txt.gz``), by default padded to 32 tokens and never truncated, as
+  ``Sam3Processor`` calls its tokenizer (``padding="max_length", max_length=32``); the call's ``padding``,
+  ``max_length`` and ``truncation`` change that with transformers' meaning.
 * **boxes** – pixel ``(x0, y0, x1, y1)`` per image, normalised by the original size and converted to
   ``(cx, cy, w, h)``; rows are padded with -10 and default labels are 1 (real) / -10 (padding), as in HF.
 * **post-processing** – HF's scores (``sigmoid(logits) · sigmoid(presence)``), boxes and masks, on the outputs'
@@ -24,6 +25,8 @@ costs more):
 * one prompt (a string or a 1-list) with N images or N rows of boxes is repeated to N rows (HF returns 1 row
   of ``input_ids``); N prompts need 1 or N images (HF does not check);
 * a batch mixing prompts longer than 32 tokens is padded to its longest prompt (HF raises);
+* ``padding``, ``max_length`` and ``truncation`` reach the tokenizer (HF drops them for text alone and raises
+  with images); ``return_tensors=None`` returns tensors (HF: lists);
 * a single 2-D (H, W) array is accepted as a grayscale image (HF raises);
 * a box with other than 4 coordinates raises (HF pads it with -10 silently); box and label rows must have the same
   lengths row by row (HF compares only the largest row);
@@ -52,6 +55,7 @@ from tokenizers.models import BPE
 from torchvision.transforms.v2 import functional as tvF
 
 from . import ops
+from .model.inputs import check_label_list, check_size, check_sizes
 
 __all__ = ["Sam3LiteTextProcessor", "ClipTokenizer", "ProcessorOutput", "DEFAULT_CHECKPOINT", "SAMPLE_IMAGE"]
 
@@ -61,6 +65,7 @@ BUNDLED_BPE = ASSETS / "bpe_simple_vocab_16e6.txt.gz"
 SAMPLE_IMAGE = ASSETS / "chelsea.jpg"  # scikit-image's "chelsea" (CC0), for offline demos
 
 TEXT_MAX_LENGTH = 32  # Sam3Processor: tokenizer(text, padding="max_length", max_length=32)
+CLIP_MODEL_MAX_LENGTH = 77  # CLIP's context length: the tokenizer_config "model_max_length" without a checkpoint
 POINT_PAD_VALUE = -10  # Sam3Processor.point_pad_value: fills padded boxes and labels
 IMAGE_SIZE = 1008
 
@@ -94,7 +99,7 @@ class ClipTokenizer:
 
     def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]], *, bos_token="<|startoftext|>",
                  eos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|endoftext|>",
-                 padding_side="right", max_length=TEXT_MAX_LENGTH):
+                 padding_side="right", max_length=TEXT_MAX_LENGTH, model_max_length=CLIP_MODEL_MAX_LENGTH):
         for name, token in (("bos_token", bos_token), ("eos_token", eos_token), ("unk_token", unk_token),
                             ("pad_token", pad_token)):
             if token not in vocab:
@@ -123,6 +128,7 @@ class ClipTokenizer:
         self.pad_token_id = vocab[pad_token]
         self.padding_side = padding_side
         self.max_length = int(max_length)
+        self.model_max_length = int(model_max_length)  # kept for save (transformers' tokenizer_config field)
 
     # --- constructors
     @classmethod
@@ -154,25 +160,54 @@ class ClipTokenizer:
                 config.update(_read_json(folder / name))
         kwargs = {key: _token_content(config[key]) for key in ("bos_token", "eos_token", "unk_token", "pad_token")
                   if config.get(key) is not None}
+        if config.get("model_max_length") is not None:
+            kwargs["model_max_length"] = config["model_max_length"]
         return cls(vocab, merges, padding_side=config.get("padding_side", "right"), **kwargs)
 
     # --- encoding
-    def __call__(self, text: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenise prompts -> ``input_ids`` (B, L) long and ``attention_mask`` (B, L) long, L = max(32, longest)."""
+    def __call__(self, text: str | Sequence[str], padding: bool | str = "max_length", max_length: int | None = None,
+                 truncation: bool | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenise prompts -> ``input_ids`` (B, L) long and ``attention_mask`` (B, L) long.
+
+        ``padding``, ``max_length`` and ``truncation`` mean what they mean for transformers' tokenizers; the
+        defaults are ``Sam3Processor``'s call (pad to ``max_length`` = :attr:`max_length`, 32, never truncate):
+
+        * padding: "max_length" pads to ``max_length``; True / "longest" to the longest prompt; False /
+          "do_not_pad" not at all (the prompts must then have one length, as for HF's tensors);
+        * truncation: True / "longest_first" / "only_first" cut prompts longer than ``max_length`` to it, keeping
+          the start and end tokens (``max_length`` ≥ 2); False / None / "do_not_truncate" keep them whole.
+
+        A batch whose prompts are longer than ``max_length`` and not truncated is padded to its longest prompt
+        (HF raises: its rows would have different lengths).
+        """
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise ValueError("text: got an empty list of prompts")
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"text[{i}]: expected a string, got {type(t).__name__}")
-        encodings = self.backend.encode_batch(texts, add_special_tokens=True)
-        length = max(self.max_length, max(len(e.ids) for e in encodings))
+        padding, truncate = _padding_strategy(padding), _truncation_strategy(truncation)
+        if max_length is None:
+            max_length = self.max_length
+        if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 1:
+            raise ValueError(f"max_length: expected a positive integer, got {max_length!r}")
+        if truncate and max_length < 2:
+            raise ValueError(f"max_length: truncation keeps the start and end tokens, so max_length must be at "
+                             f"least 2, got {max_length}")
+        rows = [enc.ids for enc in self.backend.encode_batch(texts, add_special_tokens=True)]
+        if truncate:  # as transformers: the prompt's own tokens are cut, the start and end tokens kept
+            rows = [ids if len(ids) <= max_length else ids[:max_length - 1] + ids[-1:] for ids in rows]
+        longest = max(len(ids) for ids in rows)
+        if padding == "do_not_pad" and len({len(ids) for ids in rows}) > 1:
+            raise ValueError(f"padding: with padding=False the prompts must have one length to form a tensor, got "
+                             f"lengths {[len(ids) for ids in rows]}; pass padding=True or 'max_length'")
+        length = max(max_length, longest) if padding == "max_length" else longest
         input_ids = torch.full((len(texts), length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(texts), length), dtype=torch.long)
-        for row, enc in enumerate(encodings):
-            n = len(enc.ids)
+        for row, ids in enumerate(rows):
+            n = len(ids)
             cols = slice(0, n) if self.padding_side == "right" else slice(length - n, length)
-            input_ids[row, cols] = torch.tensor(enc.ids, dtype=torch.long)
+            input_ids[row, cols] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, cols] = 1
         return input_ids, attention_mask
 
@@ -186,8 +221,28 @@ class ClipTokenizer:
         folder = Path(folder)
         self.backend.save(str(folder / "tokenizer.json"))
         config = {**self.special_tokens, "tokenizer_class": "CLIPTokenizer", "processor_class": "Sam3Processor",
-                  "padding_side": self.padding_side, "model_max_length": 77}
+                  "padding_side": self.padding_side, "model_max_length": self.model_max_length}
         _write_json(folder / "tokenizer_config.json", config)
+
+
+def _padding_strategy(padding) -> str:
+    """transformers' ``padding`` values (also its ``PaddingStrategy``) -> "max_length", "longest" or "do_not_pad"."""
+    if isinstance(padding, bool):
+        return "longest" if padding else "do_not_pad"
+    for strategy in ("max_length", "longest", "do_not_pad"):
+        if isinstance(padding, str) and padding == strategy:
+            return strategy
+    raise ValueError(f"padding: expected True / 'longest', 'max_length' or False / 'do_not_pad', got {padding!r}")
+
+
+def _truncation_strategy(truncation) -> bool:
+    """transformers' ``truncation`` values for one sequence per prompt -> truncate or not."""
+    if truncation in (None, False, "do_not_truncate"):
+        return False
+    if truncation in (True, "longest_first", "only_first"):
+        return True
+    raise ValueError(f"truncation: expected True / 'longest_first' / 'only_first' or False / 'do_not_truncate' "
+                     f"(one sequence per prompt), got {truncation!r}")
 
 
 def _merge_pair(merge) -> tuple[str, str]:
@@ -270,7 +325,7 @@ class Sam3LiteTextProcessor:
                  do_convert_rgb: bool = True, text_max_length: int = TEXT_MAX_LENGTH):
         self.tokenizer = tokenizer if tokenizer is not None else ClipTokenizer.from_bundled()
         self.tokenizer.max_length = int(text_max_length)
-        self.size = _parse_size(size)
+        self.size = check_size("size", _parse_size(size))
         if isinstance(resample, tvF.InterpolationMode):
             self.resample = resample
         elif int(resample) in _RESAMPLE:
@@ -282,6 +337,9 @@ class Sam3LiteTextProcessor:
         self.rescale_factor = float(rescale_factor)
         self.image_mean = tuple(float(v) for v in image_mean)
         self.image_std = tuple(float(v) for v in image_std)
+        # image-processor settings of a loaded checkpoint that sam3lt does not use (e.g. HF's mask_size):
+        # save_pretrained writes them back, so that a folder keeps them through sam3lt
+        self.extra_image_config: dict[str, Any] = {}
 
     # --- loading / saving
     @classmethod
@@ -309,7 +367,10 @@ class Sam3LiteTextProcessor:
             warnings.warn(f"{path_or_hub_id}: no tokenizer files found; using the bundled CLIP vocabulary",
                           stacklevel=2)
         kwargs.update(overrides)
-        return cls(tokenizer=tokenizer, **kwargs)
+        processor = cls(tokenizer=tokenizer, **kwargs)
+        processor.extra_image_config = {key: value for key, value in image_config.items()
+                                        if key not in known and key != "image_processor_type"}
+        return processor
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write ``processor_config.json`` + tokenizer files in the layout transformers' ``Sam3Processor`` loads."""
@@ -322,6 +383,7 @@ class Sam3LiteTextProcessor:
             "image_mean": list(self.image_mean), "image_std": list(self.image_std), "resample": resample,
             "rescale_factor": self.rescale_factor, "size": {"height": self.size[0], "width": self.size[1]},
         }
+        image_processor = {**self.extra_image_config, **image_processor}
         _write_json(folder / "processor_config.json",
                     {"image_processor": image_processor, "processor_class": "Sam3Processor",
                      "point_pad_value": POINT_PAD_VALUE, "target_size": self.size[0]})
@@ -330,7 +392,8 @@ class Sam3LiteTextProcessor:
     # --- inputs
     def __call__(self, images=None, text: str | Sequence[str | None] | None = None, input_boxes=None,
                  input_boxes_labels=None, original_sizes=None, return_tensors: str | None = "pt",
-                 device: str | torch.device | None = None) -> ProcessorOutput:
+                 device: str | torch.device | None = None, *, padding: bool | str = "max_length",
+                 max_length: int | None = None, truncation: bool | str | None = None) -> ProcessorOutput:
         """Prepare model inputs.
 
         Args:
@@ -342,17 +405,21 @@ class Sam3LiteTextProcessor:
                 row per prompt; a row may be None. Without ``text`` the prompt is ``"visual"`` as in HF.
             input_boxes_labels: ``[row][box]`` 1 (positive) / 0 (negative); default 1 for every given box.
             original_sizes: (B, 2) image sizes (height, width), needed for boxes when ``images`` is None.
-            return_tensors: only ``"pt"`` (torch) is supported; None means the same.
+            return_tensors: ``"pt"`` (torch tensors; None means the same) or ``"np"`` (numpy arrays).
             device: where to compute and return every tensor; default: the device of the input image tensors
                 (CPU for PIL / numpy).
+            padding, max_length, truncation: the tokenizer's, with transformers' meaning (see
+                :meth:`ClipTokenizer.__call__`); by default prompts are padded to 32 tokens and never truncated,
+                as ``Sam3Processor`` calls its tokenizer.
 
         Returns:
             :class:`ProcessorOutput` with ``pixel_values`` (B, 3, H, W) float32 and ``original_sizes`` (B, 2) long
             (given images), ``input_ids`` / ``attention_mask`` (N, L) long (given text or boxes), and
             ``input_boxes`` (N, M, 4) float32 cxcywh in [0, 1] / ``input_boxes_labels`` (N, M) long (given boxes).
         """
-        if return_tensors not in ("pt", None):
-            raise ValueError(f"return_tensors: only 'pt' is supported, got {return_tensors!r}")
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"return_tensors: expected 'pt' (torch, also None) or 'np' (numpy), got "
+                             f"{return_tensors!r}")
         if images is None and text is None and input_boxes is None:
             raise ValueError("images, text, input_boxes: give at least one of them")
         if input_boxes_labels is not None and input_boxes is None:
@@ -372,6 +439,7 @@ class Sam3LiteTextProcessor:
             if sizes.ndim != 2 or sizes.shape[-1] != 2:
                 raise ValueError(f"original_sizes: expected (B, 2) sizes (height, width), got shape "
                                  f"{tuple(sizes.shape)}")
+            check_sizes("original_sizes", torch.as_tensor(original_sizes).reshape(sizes.shape))
             out["original_sizes"] = sizes
         elif input_boxes is not None:
             raise ValueError("input_boxes: boxes are in pixels, so images or original_sizes must be given too")
@@ -380,7 +448,8 @@ class Sam3LiteTextProcessor:
         box_rows = _box_rows(input_boxes) if input_boxes is not None else None
         prompts = _resolve_prompts(text, box_rows)
         if prompts is not None:
-            input_ids, attention_mask = self.tokenizer(prompts)
+            input_ids, attention_mask = self.tokenizer(prompts, padding=padding, max_length=max_length,
+                                                       truncation=truncation)
             num_rows = len(prompts)
             if num_rows == 1:  # one prompt for every image / row of boxes: repeat it (HF keeps a single row)
                 num_rows = max(num_images or 1, len(box_rows or ()))
@@ -397,7 +466,11 @@ class Sam3LiteTextProcessor:
                                  "prompts / images; give one row of boxes per prompt")
             out["input_boxes"], out["input_boxes_labels"] = _boxes_to_tensors(
                 box_rows, _label_rows(input_boxes_labels, box_rows), out["original_sizes"])
-        return out.to(device)
+        out = out.to(device)
+        if return_tensors == "np":
+            return ProcessorOutput({key: value.cpu().numpy() if isinstance(value, torch.Tensor) else value
+                                    for key, value in out.items()})
+        return out
 
     def preprocess_images(self, images, device: str | torch.device | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -683,7 +756,7 @@ def _label_rows(input_boxes_labels, box_rows) -> list[list[int]]:
         if len(labels) != len(boxes or []):
             raise ValueError(f"input_boxes_labels[{i}]: {len(labels)} labels for {len(boxes or [])} boxes in "
                              f"input_boxes[{i}]")
-        out.append([int(v) for v in labels])
+        out.append(check_label_list(f"input_boxes_labels[{i}]", labels))
     return out
 
 
@@ -726,7 +799,7 @@ def _sizes_list(target_sizes, batch_size: int | None = None) -> list[tuple[int, 
         raise ValueError("target_sizes: expected one (height, width) per image")
     if batch_size is not None and len(sizes) != batch_size:
         raise ValueError(f"target_sizes: got {len(sizes)} sizes for a batch of {batch_size} images")
-    return [(int(h), int(w)) for h, w in sizes]
+    return check_sizes("target_sizes", sizes)
 
 
 def _resolve_folder(path_or_hub_id, *, revision, cache_dir, local_files_only, token) -> Path:

@@ -2,6 +2,7 @@
 prompts, an HF-saved checkpoint folder, help and errors."""
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -120,3 +121,118 @@ def test_parser_errors_exit_with_usage():
         main([])  # a subcommand is required
     with pytest.raises(SystemExit):
         main(["segment", "--out", "x", "--dtype", "float64"])
+
+
+# ---- every error one line, exit status 2, no traceback -------------------------------------------------------
+def _one_error_line(capsys, prefix: str) -> str:
+    """The error output (progress bars aside) is one line starting with ``prefix``; returns it."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line.strip() for line in err.replace("\r", "\n").splitlines()
+             if line.strip() and not line.startswith(("segment:", "sam3lt: warning:"))]
+    assert len(lines) == 1 and lines[0].startswith(prefix), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("checkpoint, message", [("missing/ckpt", "does not exist"), ("", "has no config.json"),
+                                                 ("model.safetensors", "is a file"), ("bad", "not valid JSON")])
+def test_bad_checkpoint(tmp_path, capsys, checkpoint, message):
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    argv = ["segment", "--checkpoint", str(tmp_path / checkpoint), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(argv) == 2
+    assert message in _one_error_line(capsys, "sam3lt: error: --checkpoint: ")
+
+
+def test_unreachable_hub_id(tmp_path, capsys, monkeypatch):
+    """A hub id that cannot be fetched (offline here, whatever the network): the same one-line error."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert main(["segment", "--checkpoint", "sam3lt-tests/no-such-model", "--out", str(tmp_path / "out"),
+                 "--device", "cpu"]) == 2
+    line = _one_error_line(capsys, "sam3lt: error: --checkpoint: ")
+    assert "sam3lt-tests/no-such-model" in line and "Hugging Face hub" in line
+
+
+@pytest.mark.parametrize("option", ["--threshold", "--mask-threshold"])
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan", "high"])
+def test_thresholds_outside_the_unit_interval(tmp_path, capsys, option, value):
+    from sam3lt.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:  # parsing only: nothing runs even if the value were accepted
+        build_parser().parse_args(["segment", "--out", str(tmp_path), option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}:" in capsys.readouterr().err
+
+
+def test_thresholds_at_the_bounds_are_accepted():
+    from sam3lt.cli import build_parser
+
+    args = build_parser().parse_args(["segment", "--out", "x", "--threshold", "1", "--mask-threshold", "0"])
+    assert (args.threshold, args.mask_threshold) == (1.0, 0.0)
+
+
+def _truncated_jpeg(path):
+    path.write_bytes(SAMPLE_IMAGE.read_bytes()[:200])
+
+
+@pytest.mark.parametrize("write", [lambda p: p.write_bytes(b"not an image"), _truncated_jpeg,
+                                   lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)])
+def test_unreadable_image(tmp_path, capsys, write):
+    image = tmp_path / "broken.jpg"
+    write(image)
+    assert main(["segment", str(image), "--text", "cat", "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    line = _one_error_line(capsys, f"sam3lt: error: IMAGE: cannot read {image}: ")
+    reason = line.split(f"cannot read {image}: ", 1)[1]
+    assert reason and ".cpp" not in reason and "csrc" not in reason and "decode_" not in reason, line
+
+
+def test_decode_error_reason():
+    from sam3lt.cli import decode_error_reason
+
+    located = RuntimeError("decode_jpeg, /__w/vision/vision/pytorch/vision/torchvision/csrc/io/image/cpu/"
+                           "decode_jpeg.cpp:171, Image is incomplete or truncated")
+    assert decode_error_reason(located) == "Image is incomplete or truncated"
+    api = RuntimeError('torch_call_dispatcher( "aten::from_file", "", stack.data(), TORCH_ABI_VERSION) API call '
+                       'failed at /__w/vision/vision/torchvision/csrc/io/image/cpu/read_write_file.cpp, line 36')
+    assert ".cpp" not in decode_error_reason(api) and "not a readable image" in decode_error_reason(api)
+    assert decode_error_reason(OSError("cannot identify image file 'x.jpg'")) == "cannot identify image file 'x.jpg'"
+
+
+# ---- sam3lt bench --families: the op families of bench/ops, one list --------------------------------------------
+def _bench_families():
+    from sam3lt.cli import bench_suite
+
+    if bench_suite() is None:
+        pytest.skip("the benchmark suite is in the source checkout only")
+    return list(importlib.import_module("sam3lt_bench.ops").FAMILIES)
+
+
+def test_bench_families_listed_and_accepted(capsys):
+    from sam3lt.cli import build_parser
+
+    families = _bench_families()
+    assert {"attention", "cross_attention", "repmixer", "upsample", "layer_norm", "linear", "box_bias",
+            "box_refine"} <= set(families)
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert all(name in help_text for name in families), help_text
+    for name in families:
+        assert build_parser().parse_args(["bench", "--families", name]).families == [name]
+    assert build_parser().parse_args(["bench", "--families", ",".join(families)]).families == families
+
+
+@pytest.mark.parametrize("value", ["nope", "attention,nope", ""])
+def test_bench_unknown_family_refused(capsys, value):
+    from sam3lt.cli import build_parser
+
+    _bench_families()
+    with pytest.raises(SystemExit) as exit_info:  # parsing only: an accepted value must not start a benchmark
+        build_parser().parse_args(["bench", "--families", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --families: unknown op family" in err and "box_refine" in err, err

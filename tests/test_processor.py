@@ -301,7 +301,7 @@ BAD_INPUTS = [
      "input_boxes_labels"),
     (dict(images="astronaut", input_boxes_labels=[[1]]), ValueError, "input_boxes_labels"),
     (dict(images="astronaut", text=["a", "b"], input_boxes=[[[1, 2, 3, 4]]]), ValueError, "text"),
-    (dict(images="astronaut", text="x", return_tensors="np"), ValueError, "return_tensors"),
+    (dict(images="astronaut", text="x", return_tensors="tf"), ValueError, "return_tensors"),
 ]
 
 

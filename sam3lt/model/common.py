@@ -2,6 +2,7 @@
 box helpers. Numerics follow HF ``modeling_sam3_lite_text`` line for line where it matters."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -22,6 +23,40 @@ def activation(name: str):
     if name not in ACTIVATIONS:
         raise ValueError(f"hidden_act: unsupported activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
+
+
+class ModelOutputMixin:
+    """HF ``ModelOutput`` access for the output dataclasses: ``out.name``, ``out["name"]``, ``out[0]`` and
+    ``to_tuple()`` (the fields that are not None, in HF's order), ``keys()`` / ``values()`` / ``items()``,
+    ``"name" in out`` and iteration over the names, as code written against transformers uses them."""
+
+    _hf_order: tuple[str, ...] = ()  # HF's field order where the dataclass's differs
+
+    def keys(self) -> list[str]:
+        names = self._hf_order or [f.name for f in dataclasses.fields(self)]
+        return [name for name in names if getattr(self, name) is not None]
+
+    def values(self) -> list:
+        return [getattr(self, name) for name in self.keys()]
+
+    def items(self) -> list[tuple]:
+        return [(name, getattr(self, name)) for name in self.keys()]
+
+    def to_tuple(self) -> tuple:
+        return tuple(self.values())
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self.keys()
+
+    def __iter__(self):
+        return iter(self.keys())
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:

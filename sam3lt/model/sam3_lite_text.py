@@ -6,35 +6,34 @@ the vision encoder once and broadcasts its features to the N prompts.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from ..config import Sam3LiteTextConfig
-from .common import Attention, box_cxcywh_to_xyxy
+from .common import Attention, ModelOutputMixin, box_cxcywh_to_xyxy
 from .detr_decoder import DetrDecoder
 from .detr_encoder import DetrEncoder
 from .geometry import GeometryEncoder
+from .inputs import BOX_PADDING_LABEL, check_attention_mask, check_box_labels, check_token_ids
 from .mask_decoder import DotProductScoring, MaskDecoder
 from .text import TextEncoder
 from .vision import VisionEncoder, VisionOutput
 
-BOX_PADDING_LABEL = -10  # HF: boxes labelled -10 are padding
-
-
 @dataclass
-class TextOutput:
-    """Prompt features reusable across images (``text_embeds``); names as HF's ``get_text_features``."""
+class TextOutput(ModelOutputMixin):
+    """Prompt features reusable across images (``text_embeds``): the fields and access of the
+    ``BaseModelOutputWithPooling`` HF's ``get_text_features`` returns."""
 
     last_hidden_state: torch.Tensor  # (B, L, text width), after the final LayerNorm
     pooler_output: torch.Tensor  # (B, L, DETR width): the per-token projection the heads consume
     hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: None = None
+    attentions: None = None  # sam3lt's fused attention does not return attention weights
 
 
 @dataclass
-class Sam3LiteTextOutput:
+class Sam3LiteTextOutput(ModelOutputMixin):
     """Model outputs (HF ``Sam3LiteTextImageSegmentationOutput`` field names)."""
 
     pred_masks: torch.Tensor = None  # (B, Q, H0, W0) mask logits at 4× the ViT grid
@@ -51,11 +50,24 @@ class Sam3LiteTextOutput:
     detr_decoder_attentions: None = None
     mask_decoder_attentions: None = None
 
-    def __getitem__(self, key):
-        return getattr(self, key)
 
-    def keys(self):
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+def _pop_output_kwargs(caller: str, kwargs: dict) -> bool:
+    """Pop HF's output switches from ``kwargs``: ``return_dict`` (returned; False = a tuple, as HF) and
+    ``output_attentions`` (refused when true: sam3lt's fused attention kernels compute no attention weights)."""
+    return_dict = kwargs.pop("return_dict", None)
+    if kwargs.pop("output_attentions", None):
+        raise ValueError(f"{caller}: output_attentions=True is not supported; sam3lt's fused attention kernels "
+                         "do not compute attention weights")
+    return return_dict is None or bool(return_dict)
+
+
+def _feature_kwargs(caller: str, kwargs: dict) -> bool:
+    """HF's keyword arguments of ``get_text_features`` / ``get_vision_features``: returns ``return_dict``;
+    anything else is refused, not silently dropped."""
+    return_dict = _pop_output_kwargs(caller, kwargs)
+    if kwargs:
+        raise TypeError(f"{caller}: unexpected argument(s) {sorted(kwargs)}")
+    return return_dict
 
 
 def _check_float_tensor(name: str, x, ndim: int | None = None):
@@ -92,13 +104,22 @@ class Sam3LiteTextModel(nn.Module):
     # ---- construction helpers -------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike = "yonigozlan/sam3-litetext-s0", *,
-                        dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-                        fold_batchnorm: bool = True, revision: str | None = None) -> "Sam3LiteTextModel":
+                        dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
+                        fold_batchnorm: bool = True, revision: str | None = None,
+                        **hf_kwargs) -> "Sam3LiteTextModel":
         """Load an HF ``Sam3LiteTextModel`` checkpoint (``config.json`` + safetensors, sharded or not) from a
-        folder or the hub. See :func:`sam3lt.loading.from_pretrained`."""
+        folder or the hub. HF's argument names work too (``torch_dtype``, ``device_map``, ...). See
+        :func:`sam3lt.loading.from_pretrained`."""
         from ..loading import from_pretrained
         return from_pretrained(path_or_hub_id, dtype=dtype, device=device, fold_batchnorm=fold_batchnorm,
-                               revision=revision)
+                               revision=revision, **hf_kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **hf_kwargs) -> None:
+        """Write ``config.json`` + ``model.safetensors`` in HF's format and key names, loadable by transformers'
+        ``Sam3LiteTextModel.from_pretrained`` (and by sam3lt). Folded RepMixer blocks write the parameters they
+        were folded from. See :func:`sam3lt.loading.save_pretrained`."""
+        from ..loading import save_pretrained
+        save_pretrained(self, save_directory, **hf_kwargs)
 
     def fold_batchnorm(self) -> "Sam3LiteTextModel":
         """Fold the RepMixer BatchNorms and layer scales into the depthwise convolutions (inference)."""
@@ -141,29 +162,35 @@ class Sam3LiteTextModel(nn.Module):
             raise ValueError("pixel_values: contains NaN or infinite values")
 
     def get_vision_features(self, pixel_values: torch.Tensor, output_hidden_states: bool = False,
-                            **_) -> VisionOutput:
-        """ViT + neck: all FPN levels (finest first) and their position encodings."""
+                            **kwargs) -> VisionOutput:
+        """ViT + neck: all FPN levels (finest first) and their position encodings, as HF's
+        ``Sam3VisionEncoderOutput`` (a tuple with ``return_dict=False``)."""
+        return_dict = _feature_kwargs("get_vision_features", kwargs)
         self._check_pixels(pixel_values)
-        return self.vision_encoder(pixel_values, output_hidden_states)
+        out = self.vision_encoder(pixel_values, output_hidden_states)
+        return out if return_dict else out.to_tuple()
 
     def _check_ids(self, input_ids, attention_mask):
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError(f"input_ids: expected a (num_prompts, seq_len) tensor, got "
                              f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
-        if input_ids.is_floating_point():
-            raise TypeError(f"input_ids: expected integer token ids, got dtype {input_ids.dtype}")
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids: the prompt list is empty (shape {tuple(input_ids.shape)})")
         if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
             raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)} (as input_ids), got "
                              f"{tuple(attention_mask.shape)}")
+        check_token_ids(input_ids, self.config.text_config.vocab_size, self.validate_inputs)
+        check_attention_mask(attention_mask, self.validate_inputs)
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                          output_hidden_states: bool = False, **_) -> TextOutput:
-        """Text encoder + projection to the DETR width (``pooler_output``, per token, as HF)."""
+                          output_hidden_states: bool = False, **kwargs) -> TextOutput:
+        """Text encoder + projection to the DETR width (``pooler_output``, per token, as HF; a tuple with
+        ``return_dict=False``)."""
+        return_dict = _feature_kwargs("get_text_features", kwargs)
         self._check_ids(input_ids, attention_mask)
         last, hidden = self.text_encoder(input_ids, attention_mask, output_hidden_states)
-        return TextOutput(last, self.text_projection(last), hidden)
+        out = TextOutput(last, self.text_projection(last), hidden)
+        return out if return_dict else out.to_tuple()
 
     # ---- forward --------------------------------------------------------------------------------------
     def _check_boxes(self, input_boxes, input_boxes_labels, batch):
@@ -202,6 +229,7 @@ class Sam3LiteTextModel(nn.Module):
 
         ``text_embeds`` is the output of :meth:`get_text_features` (or HF's), or its ``pooler_output`` tensor.
         """
+        return_dict = _pop_output_kwargs("forward", kwargs)
         self._check_sources("forward", pixel_values, vision_embeds, input_ids, text_embeds, kwargs)
         levels = len(self.config.vision_config.scale_factors) - 1  # the coarsest level is unused
         if vision_embeds is None:
@@ -226,6 +254,7 @@ class Sam3LiteTextModel(nn.Module):
             if attention_mask is not None and tuple(attention_mask.shape) != tuple(text.shape[:2]):
                 raise ValueError(f"attention_mask: expected shape {tuple(text.shape[:2])}, got "
                                  f"{tuple(attention_mask.shape)}")
+            check_attention_mask(attention_mask, self.validate_inputs)
         if image_batch != text.shape[0] and image_batch != 1:
             raise ValueError(f"pixel_values / input_ids: {image_batch} images and {text.shape[0]} prompts; "
                              f"pass one image with any number of prompts, or equal batch sizes")
@@ -236,7 +265,7 @@ class Sam3LiteTextModel(nn.Module):
             input_boxes = None
         out = self.heads(feats, pos, text, text_mask, input_boxes, input_boxes_labels, output_hidden_states)
         out.vision_hidden_states = getattr(vision, "hidden_states", None)
-        return out
+        return out if return_dict else out.to_tuple()
 
     def heads(self, feats, pos, text, text_mask=None, input_boxes=None, input_boxes_labels=None,
               output_hidden_states: bool = False) -> Sam3LiteTextOutput:
@@ -252,6 +281,7 @@ class Sam3LiteTextModel(nn.Module):
             pos = [p.expand(batch, -1, -1, -1) for p in pos]
         prompt, prompt_mask = text, text_mask
         if input_boxes is not None:
+            check_box_labels(input_boxes_labels, self.validate_inputs)
             prompt, prompt_mask = self._add_box_prompts(text, text_mask, input_boxes, input_boxes_labels,
                                                         feats[-1], pos[-1])
             batch = prompt.shape[0]

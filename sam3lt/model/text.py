@@ -131,15 +131,38 @@ class RepMixerBlock(nn.Module):
 
     @torch.no_grad()
     def fold(self) -> None:
-        """Replace HF's BatchNorm/layer-scale parameters by the folded convolutions (inference only)."""
+        """Replace HF's BatchNorm/layer-scale parameters by the folded convolutions (inference only).
+
+        The HF parameters are kept outside the module tree (not in the state dict, not moved by ``.to()``) so
+        that :meth:`hf_state_dict` can give them back bitwise for ``save_pretrained``."""
         if self.folded:
             return
         ref = self.layer_scale
-        params = fold_repmixer(self.token_mixer, self.conv_feed_forward, self.layer_scale)
+        unfolded = (self.token_mixer, self.conv_feed_forward, self.layer_scale)
+        params = fold_repmixer(*unfolded)
         del self.token_mixer, self.conv_feed_forward, self.layer_scale
+        object.__setattr__(self, "_unfolded", unfolded)  # a plain attribute: not a submodule or parameter
         for name, value in params.items():
             self.register_buffer(name, value.to(device=ref.device, dtype=ref.dtype))
         self.folded = True
+
+    @torch.no_grad()
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """HF's parameters of this block (keys relative to it), in the block's dtype: its own, or once folded the
+        ones it was folded from, after checking they still fold to its buffers (a change made to the folded
+        weights cannot be unfolded, so it raises instead of saving stale parameters)."""
+        if not self.folded:
+            return self.state_dict()
+        token_mixer, ffn, layer_scale = self._unfolded
+        dtype = self.mixer_weight.dtype
+        for name, value in fold_repmixer(token_mixer, ffn, layer_scale).items():
+            if not torch.equal(value.to(dtype), getattr(self, name).to(value.device)):
+                raise ValueError(f"RepMixer {name} no longer matches the BatchNorm/layer-scale parameters it was "
+                                 "folded from (changed after folding); HF's format needs those parameters: load "
+                                 "with fold_batchnorm=False to change weights and save them")
+        state = {"layer_scale": layer_scale.detach(), **token_mixer.state_dict(prefix="token_mixer."),
+                 **ffn.state_dict(prefix="conv_feed_forward.")}
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
     def _params(self) -> dict:
         if self.folded:

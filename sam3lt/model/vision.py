@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..config import Sam3ViTConfig, Sam3VisionConfig
-from .common import MLP, sine_position_grid
+from .common import MLP, ModelOutputMixin, sine_position_grid
 
 
 def rope_tables(config: Sam3ViTConfig, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,14 +190,19 @@ class VisionNeck(nn.Module):
 
 
 @dataclass
-class VisionOutput:
-    """Image features, reusable across prompts (``vision_embeds``); the field names are HF's."""
+class VisionOutput(ModelOutputMixin):
+    """Image features, reusable across prompts (``vision_embeds``): HF ``Sam3VisionEncoderOutput``'s fields and
+    access (``get_vision_features``)."""
 
     last_hidden_state: torch.Tensor  # (B, H·W, C) ViT output
     fpn_hidden_states: tuple[torch.Tensor, ...]  # per level (B, D, Hi, Wi), finest first
     fpn_position_encoding: tuple[torch.Tensor, ...]
     hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: None = None
+    attentions: None = None  # sam3lt's fused attention does not return attention weights
+    pooler_output: None = None  # always None, as in HF
+
+    _hf_order = ("last_hidden_state", "pooler_output", "hidden_states", "attentions", "fpn_hidden_states",
+                 "fpn_position_encoding")
 
 
 class VisionEncoder(nn.Module):
