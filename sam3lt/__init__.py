@@ -8,9 +8,12 @@ from .config import (Sam3LiteTextConfig, Sam3LiteTextDETRDecoderConfig, Sam3Lite
                      Sam3LiteTextGeometryEncoderConfig, Sam3LiteTextMaskDecoderConfig, Sam3LiteTextTextConfig,
                      Sam3ViTConfig, Sam3VisionConfig)
 from .model import Sam3LiteTextModel, Sam3LiteTextOutput, TextOutput, VisionOutput
-from .loading import CheckpointError, from_pretrained, from_transformers
+from .loading import CheckpointError
 from .processor import Sam3LiteTextProcessor
 from .fast import FastSam3LiteText, optimize
+
+from_pretrained = Sam3LiteTextModel.from_pretrained  # sam3lt.from_pretrained(path_or_hub_id, dtype=..., device=...)
+from_transformers = Sam3LiteTextModel.from_transformers  # sam3lt.from_transformers(hf_model)
 
 __version__ = "0.1.0"
 __all__ = [

@@ -22,8 +22,6 @@ from pathlib import Path
 import torch
 
 from .config import Sam3LiteTextConfig
-from .model import Sam3LiteTextModel
-from .model.text import RepMixerBlock
 
 DEFAULT_CHECKPOINT = "yonigozlan/sam3-litetext-s0"
 _FUSED_QKV = re.compile(r"^(vision_encoder\.backbone\.layers\.\d+\.attention|text_encoder\.layers\.\d+\.self_attn)\.")
@@ -129,11 +127,11 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
         raise CheckpointError("\n".join(lines))
 
 
-def load_into(config: Sam3LiteTextConfig, hf_state: dict[str, torch.Tensor], source: str, *,
-              dtype: torch.dtype | None, device, fold_batchnorm: bool) -> Sam3LiteTextModel:
-    """Build the model for ``config`` without random initialisation and load HF-keyed ``hf_state``."""
+def load_into(model_class, config: Sam3LiteTextConfig, hf_state: dict[str, torch.Tensor], source: str, *,
+              dtype: torch.dtype | None, device, fold_batchnorm: bool):
+    """Build ``model_class(config)`` without random initialisation and load HF-keyed ``hf_state``."""
     with torch.device("meta"):
-        model = Sam3LiteTextModel(config)
+        model = model_class(config)
     state = convert_hf_state_dict(hf_state)
     check_state_dict(model, state, source)
     model.load_state_dict(state, strict=True, assign=True)
@@ -212,10 +210,11 @@ def _auto_dtype(config: dict, state: dict[str, torch.Tensor]) -> torch.dtype:
     return next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
 
 
-def from_pretrained(path_or_hub_id: str | os.PathLike = DEFAULT_CHECKPOINT, *, dtype: torch.dtype | str | None = None,
-                    device=None, fold_batchnorm: bool = True, revision: str | None = None,
-                    **hf_kwargs) -> Sam3LiteTextModel:
-    """Load a checkpoint folder or hub id (default: the S0 port ``yonigozlan/sam3-litetext-s0``).
+def from_pretrained(model_class, path_or_hub_id: str | os.PathLike = DEFAULT_CHECKPOINT, *,
+                    dtype: torch.dtype | str | None = None, device=None, fold_batchnorm: bool = True,
+                    revision: str | None = None, **hf_kwargs):
+    """``model_class`` loaded from a checkpoint folder or hub id (default: the S0 port
+    ``yonigozlan/sam3-litetext-s0``); ``sam3lt.from_pretrained`` / ``Sam3LiteTextModel.from_pretrained``.
 
     Args:
         dtype: parameter dtype: a torch.dtype, its name, or "auto" (the checkpoint's, as HF); default float32.
@@ -241,28 +240,30 @@ def from_pretrained(path_or_hub_id: str | os.PathLike = DEFAULT_CHECKPOINT, *, d
     state = read_state_dict(folder)
     if isinstance(dtype, str):  # "auto"
         dtype = _auto_dtype(raw_config, state)
-    return load_into(config, state, str(folder), dtype=dtype, device=device, fold_batchnorm=fold_batchnorm)
+    return load_into(model_class, config, state, str(folder), dtype=dtype, device=device,
+                     fold_batchnorm=fold_batchnorm)
 
 
-def from_transformers(hf_model, *, dtype: torch.dtype | None = None, device=None,
-                      fold_batchnorm: bool = True) -> Sam3LiteTextModel:
-    """Convert a live ``transformers`` ``Sam3LiteTextModel`` (same weights; dtype/device default to its own)."""
+def from_transformers(model_class, hf_model, *, dtype: torch.dtype | None = None, device=None,
+                      fold_batchnorm: bool = True):
+    """``model_class`` from a live ``transformers`` ``Sam3LiteTextModel`` (same weights; dtype/device default to
+    its own); ``sam3lt.from_transformers`` / ``Sam3LiteTextModel.from_transformers``."""
     if not hasattr(hf_model, "state_dict") or not hasattr(hf_model, "config"):
         raise TypeError(f"hf_model: expected a transformers Sam3LiteTextModel, got {type(hf_model).__name__}")
     config = Sam3LiteTextConfig.from_dict(hf_model.config.to_dict())
     param = next(hf_model.parameters())
     state = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}  # no aliasing
-    return load_into(config, state, type(hf_model).__name__, dtype=dtype or param.dtype,
+    return load_into(model_class, config, state, type(hf_model).__name__, dtype=dtype or param.dtype,
                      device=device or param.device, fold_batchnorm=fold_batchnorm)
 
 
 # --------------------------------------------------------------------------------------------------- saving
-def to_hf_state_dict(model: Sam3LiteTextModel) -> dict[str, torch.Tensor]:
+def to_hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights under HF ``Sam3LiteTextModel`` key names (the inverse of :func:`convert_hf_state_dict`):
     ``qkv`` split into q/k/v again, folded RepMixer blocks replaced by the HF parameters they were folded from."""
     state = model.state_dict()
     for name, module in model.named_modules():
-        if isinstance(module, RepMixerBlock) and module.folded:
+        if getattr(module, "folded", False) and hasattr(module, "hf_state_dict"):  # a folded RepMixer block
             for key in module._FOLDED:
                 del state[f"{name}.{key}"]
             state.update({f"{name}.{key}": value for key, value in module.hf_state_dict().items()})
@@ -276,7 +277,7 @@ def to_hf_state_dict(model: Sam3LiteTextModel) -> dict[str, torch.Tensor]:
 _WEIGHT_FILES = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$|^model\.safetensors\.index\.json$")
 
 
-def save_pretrained(model: Sam3LiteTextModel, save_directory: str | os.PathLike, *,
+def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike, *,
                     max_shard_size: int | str = "50GB", is_main_process: bool = True, safe_serialization: bool = True,
                     push_to_hub: bool = False, **kwargs) -> None:
     """Write ``config.json`` (HF's format, with the weights' ``dtype``) and ``model.safetensors`` (sharded with an

@@ -148,7 +148,8 @@ def test_video_prefix_and_tracker_keys_are_handled(saved):
     state = {f"detector_model.{k}": v for k, v in hf.state_dict().items()}
     state["tracker_model.some.weight"] = torch.zeros(2)
     config = sam3lt.Sam3LiteTextConfig.tiny("s0")
-    model = sam3lt.loading.load_into(config, state, "test", dtype=None, device=None, fold_batchnorm=True)
+    model = sam3lt.loading.load_into(sam3lt.Sam3LiteTextModel, config, state, "test", dtype=None, device=None,
+                                     fold_batchnorm=True)
     assert_outputs_close(ref, _run(model, inputs))
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .. import loading
 from ..config import Sam3LiteTextConfig
 from .common import Attention, ModelOutputMixin, box_cxcywh_to_xyxy
 from .detr_decoder import DetrDecoder
@@ -110,16 +111,20 @@ class Sam3LiteTextModel(nn.Module):
         """Load an HF ``Sam3LiteTextModel`` checkpoint (``config.json`` + safetensors, sharded or not) from a
         folder or the hub. HF's argument names work too (``torch_dtype``, ``device_map``, ...). See
         :func:`sam3lt.loading.from_pretrained`."""
-        from ..loading import from_pretrained
-        return from_pretrained(path_or_hub_id, dtype=dtype, device=device, fold_batchnorm=fold_batchnorm,
-                               revision=revision, **hf_kwargs)
+        return loading.from_pretrained(cls, path_or_hub_id, dtype=dtype, device=device, fold_batchnorm=fold_batchnorm,
+                                       revision=revision, **hf_kwargs)
+
+    @classmethod
+    def from_transformers(cls, hf_model, *, dtype: torch.dtype | None = None, device=None,
+                          fold_batchnorm: bool = True) -> "Sam3LiteTextModel":
+        """Convert a live ``transformers`` ``Sam3LiteTextModel`` (same weights; dtype/device default to its own)."""
+        return loading.from_transformers(cls, hf_model, dtype=dtype, device=device, fold_batchnorm=fold_batchnorm)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **hf_kwargs) -> None:
         """Write ``config.json`` + ``model.safetensors`` in HF's format and key names, loadable by transformers'
         ``Sam3LiteTextModel.from_pretrained`` (and by sam3lt). Folded RepMixer blocks write the parameters they
         were folded from. See :func:`sam3lt.loading.save_pretrained`."""
-        from ..loading import save_pretrained
-        save_pretrained(self, save_directory, **hf_kwargs)
+        loading.save_pretrained(self, save_directory, **hf_kwargs)
 
     def fold_batchnorm(self) -> "Sam3LiteTextModel":
         """Fold the RepMixer BatchNorms and layer scales into the depthwise convolutions (inference)."""
