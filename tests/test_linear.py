@@ -89,7 +89,7 @@ def test_auto_keeps_cublas_and_triton_is_named(request, monkeypatch):
 
 @kernel_test
 def test_mlp_backend_override(request):
-    """The model's MLP: eager is bitwise fc2(act(fc1(x))); ``mlp.backend = "triton"`` runs the fused GEMM."""
+    """The model's MLP: eager is bitwise fc2(act(fc1(x))); under ``use_backend("triton")`` the fused GEMM runs."""
     torch.manual_seed(0)
     x = randn(seed_for(request), 2, 9, 32)
     for act in ("gelu", "relu", "quick_gelu"):
@@ -97,8 +97,8 @@ def test_mlp_backend_override(request):
         with torch.no_grad():
             plain = mlp.fc2(mlp.act(mlp.fc1(x)))
             assert torch.equal(mlp(x), plain), act
-            mlp.backend = "triton"
-            fused = mlp(x)
+            with ops.use_backend("triton"):
+                fused = mlp(x)
         torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
 
 

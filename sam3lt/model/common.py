@@ -147,7 +147,6 @@ class MLP(nn.Module):
 
     With a "gelu" or "relu" activation, fc1 + act is one ``ops.linear`` call: eager runs the same F.linear then
     F.gelu / F.relu (bitwise the plain modules), the triton backend one GEMM with the activation fused.
-    ``backend`` picks the backend of that call for this module alone (None: the process-wide choice).
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, act: str):
@@ -156,12 +155,11 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
         self.act = activation(act)
         self.fused_act = act if act in LINEAR_ACTIVATIONS else None
-        self.backend: str | None = None
 
     def forward(self, x):
         if self.fused_act is None:
             return self.fc2(self.act(self.fc1(x)))
-        return self.fc2(ops.linear(x, self.fc1.weight, self.fc1.bias, activation=self.fused_act, backend=self.backend))
+        return self.fc2(ops.linear(x, self.fc1.weight, self.fc1.bias, activation=self.fused_act))
 
 
 class PreNormAttentionLayer(nn.Module):
