@@ -153,7 +153,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["transformers>=5.17", "pytest", "scikit-image"],
+        "test": ["transformers>=5.17", "pytest", "pytest-benchmark", "scikit-image"],
         "hf": ["transformers>=5.17"],
     },
     entry_points={"console_scripts": ["sam3lt=sam3lt.cli:main"]},

@@ -10,6 +10,7 @@
 #   bench-compile     HF torch.compile: whole model first (the goals table's HF compile column), then components
 #   probe             which backend can run which op at the model's shapes           -> $OUT/env/probe.json
 #   bench-ops, bench-layers   per-op microbenchmarks, per-layer breakdown
+#   bench-ops-pytest  the per-op microbenchmarks on pytest-benchmark (`pytest bench/ops`) -> $OUT/bench_ops.json
 #   report            results.json, bench.md, summary.md, goals.md (issue 6's goals)  -> $OUT/bench/
 # Each bench stage is a process of its own writing its section JSON after every measurement, so a hang or a
 # timeout keeps what was measured. $OUT/stages.tsv has one line per stage (name, exit code, seconds; 124 = timed
@@ -23,7 +24,7 @@
 # sound. Environment knobs: PYTHON (default python, else python3), GPU_CHECK_BUDGET_S, GPU_CHECK_BENCH_ARGS (extra
 # arguments for every bench section), GPU_CHECK_SKIP (comma-separated stage names to skip, e.g.
 # "build,tests,bench-compile"), and the stage limits GPU_CHECK_{BUILD,FAST,E2E,TESTS,FAST_COMPILE,COMPILE,PROBE,
-# OPS,LAYERS}_S (defaults 170, 110, 60, 110, 120, 110, 25, 45, 60 s; each capped by the time left).
+# OPS,LAYERS,OPS_PYTEST}_S (defaults 170, 110, 60, 110, 120, 110, 25, 45, 60, 60 s; each capped by the time left).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +32,7 @@ DRY=0
 for arg in "$@"; do
   case "$arg" in
     --cpu-dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $arg (expected --cpu-dry-run)" >&2; exit 2 ;;
   esac
 done
@@ -107,6 +108,7 @@ if (( DRY )); then
               --case-budget-s 0.2 --families attention,repmixer)
   E2E_ARGS=()
   PROBE_SIZE=tiny
+  OPS_PYTEST=(--device cpu -k "window_attention or repmixer")  # tiny shapes, fp32 (--quick on the CPU)
 else
   BUILD=("$PY" -m pip install --no-build-isolation --no-deps -v -e .)
   TESTS=("$PY" -m pytest -q -m "not slow" "${GPU_TESTS[@]}" -p no:cacheprovider -ra --durations=20
@@ -114,6 +116,7 @@ else
   BENCH_BASE=(--device cuda --quick)
   E2E_ARGS=(--dtypes bfloat16,float32)  # bf16 first: the goals table's HF eager numbers
   PROBE_SIZE=full
+  OPS_PYTEST=(--device cuda)  # the real shapes, fp32 and bf16 (--quick on a GPU: fewer rounds)
 fi
 read -r -a EXTRA <<< "${GPU_CHECK_BENCH_ARGS:-}"
 BENCH=("$PY" -m sam3lt.cli bench --out "$OUT/bench" --name gpu-check --no-progress "${BENCH_BASE[@]}" "${EXTRA[@]}")
@@ -149,6 +152,13 @@ bench_stage compile "$COMPILE_S" --compile-budget-s $(( COMPILE_S > 60 ? COMPILE
 stage probe "${GPU_CHECK_PROBE_S:-25}" "$PY" -m bench.probe --out "$OUT/env/probe.json" --size "$PROBE_SIZE"
 bench_stage ops "${GPU_CHECK_OPS_S:-45}"
 bench_stage layers "${GPU_CHECK_LAYERS_S:-60}"
+# the ops cases again on pytest-benchmark, in the time left (Triton's cache is warm from bench-ops); a
+# --time-budget-s under the stage's limit skips what does not fit, so that pytest ends by itself and writes the JSON
+OPS_PYTEST_S=$(( $(left) - REPORT_RESERVE ))
+(( OPS_PYTEST_S > ${GPU_CHECK_OPS_PYTEST_S:-60} )) && OPS_PYTEST_S=${GPU_CHECK_OPS_PYTEST_S:-60}
+stage bench-ops-pytest "$OPS_PYTEST_S" "$PY" -m pytest bench/ops --quick -q -p no:cacheprovider \
+  --benchmark-json="$OUT/bench_ops.json" --time-budget-s $(( OPS_PYTEST_S > 40 ? OPS_PYTEST_S - 15 : OPS_PYTEST_S * 2 / 3 )) \
+  "${OPS_PYTEST[@]}"
 stage report 20 "$PY" -m sam3lt.cli bench --out "$OUT/bench" --name gpu-check --report-only
 
 {

@@ -57,6 +57,15 @@ def _unavailable_reason(op: str, backend: str, args) -> str | None:
 
 
 def _compare(ref, out) -> dict:
+    """``max_abs_err`` of ``out`` against the eager ``ref`` (the largest over the tensors of a tuple output),
+    ``mismatch`` for boolean masks, or ``check`` when the shapes differ."""
+    if isinstance(ref, (tuple, list)) and isinstance(out, (tuple, list)) and len(ref) == len(out):
+        parts = [_compare(r, o) for r, o in zip(ref, out)]
+        merged = {}
+        for part in parts:
+            for key, value in part.items():
+                merged[key] = value if key == "check" else max(merged.get(key, 0.0), value)
+        return merged
     if not isinstance(ref, torch.Tensor) or not isinstance(out, torch.Tensor):
         return {}
     if ref.shape != out.shape:
@@ -66,12 +75,55 @@ def _compare(ref, out) -> dict:
     return {"max_abs_err": float((ref.float() - out.float()).abs().max().item()) if ref.numel() else 0.0}
 
 
+def make_inputs(case: Case, device: torch.device, dtype: torch.dtype):
+    """(first, call_with, sets): the case's inputs from a generator seeded with 0 on ``device`` (the same inputs
+    in every run), and the sets to rotate through past L2 (:func:`bench.common.rotating`)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    first = case.make(device, dtype, gen)
+    call_with, sets = rotating(lambda i: first if i == 0 else case.make(device, dtype, gen), nbytes(*first), device)
+    return first, call_with, sets
+
+
+def figures(flops: float, moved: float, ms: float, ceilings: dict, dtype_name: str) -> dict:
+    """TFLOP/s and effective GB/s of a call taking ``ms``, and their shares of the measured device ceilings
+    (matmul of the dtype, else fp32; the large copy) where ``ceilings`` has them."""
+    out = {"TFLOPs": flops / ms / 1e9, "GBps": moved / ms / 1e6}
+    peak, peak_dtype = compute_ceiling(ceilings, dtype_name)
+    if peak:
+        out["frac_compute"] = out["TFLOPs"] / peak
+        out["compute_ceiling_dtype"] = peak_dtype
+    copy_gbps = ceilings.get("copy", {}).get("GBps")
+    if copy_gbps:
+        out["frac_bandwidth"] = out["GBps"] / copy_gbps
+    return out
+
+
+def baseline_reason(baseline, device: torch.device, dtype: torch.dtype, xformers_reason: str | None) -> str | None:
+    """None if the baseline runs here, else why not (``xformers_reason``: from :func:`bench.common.xformers_status`)."""
+    reason = baseline.supports(device, dtype)
+    if reason is None and "xformers" in baseline.name:
+        reason = xformers_reason
+    return reason
+
+
+def baseline_call(baseline, sets):
+    """A zero-argument call of the baseline, its inputs laid out once per set (not timed) and rotated per call."""
+    prepared = [baseline.prepare(args) for args in sets]
+    fn = prepared[0][0]
+    state = {"i": 0}
+
+    def call():
+        bargs = prepared[state["i"]][1]
+        state["i"] = (state["i"] + 1) % len(prepared)
+        return fn(*bargs)
+    return call
+
+
 def run(ctx, ceilings: dict, record, families=None) -> None:
     """Run the cases; ``record(dict)`` is called once per (case, dtype, implementation)."""
     import sam3lt.ops as ops
 
-    xops, xformers_reason = xformers_status(ctx.device)
-    copy_gbps = ceilings.get("copy", {}).get("GBps")
+    _, xformers_reason = xformers_status(ctx.device)
     for case in select_cases(ctx.size, ctx.quick, families):
         for dtype_name in ctx.dtypes:
             ctx.tick(f"{case.op} {dtype_name}")
@@ -82,30 +134,18 @@ def run(ctx, ceilings: dict, record, families=None) -> None:
                         "reason": "time budget of the run exhausted"})
                 continue
             dtype = DTYPES[dtype_name]
-            gen = torch.Generator(device=ctx.device).manual_seed(0)
             try:
-                first = case.make(ctx.device, dtype, gen)
-                set_bytes = nbytes(*first)
-                call_with, sets = rotating(lambda i: first if i == 0 else case.make(ctx.device, dtype, gen),
-                                           set_bytes, ctx.device)
+                first, call_with, sets = make_inputs(case, ctx.device, dtype)
             except Exception as err:
                 record({**base, "impl": "all", "kind": "backend", "status": "error",
                         "reason": f"making inputs: {error_text(err)}"})
                 free_cuda()
                 continue
             flops, moved = float(case.flops(first)), float(case.bytes(first))
-            peak, peak_dtype = compute_ceiling(ceilings, dtype_name)
             base.update(flops=flops, bytes=moved, rotated_sets=len(sets))
 
             def finish(entry, timing):
-                entry.update(status="ok", **timing.as_dict())
-                entry["TFLOPs"] = flops / timing.ms / 1e9
-                entry["GBps"] = moved / timing.ms / 1e6
-                if peak:
-                    entry["frac_compute"] = entry["TFLOPs"] / peak
-                    entry["compute_ceiling_dtype"] = peak_dtype
-                if copy_gbps:
-                    entry["frac_bandwidth"] = entry["GBps"] / copy_gbps
+                entry.update(status="ok", **timing.as_dict(), **figures(flops, moved, timing.ms, ceilings, dtype_name))
                 return entry
 
             ref_out, eager_ms = None, None
@@ -138,28 +178,17 @@ def run(ctx, ceilings: dict, record, families=None) -> None:
             ref_out = None
             for baseline in case.baselines:
                 entry = {**base, "impl": baseline.name, "kind": "baseline", "note": baseline.note}
-                reason = baseline.supports(ctx.device, dtype)
-                if reason is None and "xformers" in baseline.name and xops is None:
-                    reason = xformers_reason
+                reason = baseline_reason(baseline, ctx.device, dtype, xformers_reason)
                 if reason is not None:
                     record({**entry, "status": "unavailable", "reason": reason})
                     continue
                 try:
-                    prepared = [baseline.prepare(args) for args in sets]
-                    fn = prepared[0][0]
-                    state = {"i": 0}
-
-                    def run_baseline():
-                        bargs = prepared[state["i"]][1]
-                        state["i"] = (state["i"] + 1) % len(prepared)
-                        return fn(*bargs)
-
+                    call = baseline_call(baseline, sets)
                     with torch.inference_mode():
-                        timing = ctx.timer.op(run_baseline)
+                        timing = ctx.timer.op(call)
                     finish(entry, timing)
                     if eager_ms:
                         entry["speedup_vs_eager"] = eager_ms / timing.ms
-                    prepared = None
                 except Exception as err:
                     entry.update(status="oom" if is_oom(err) else "error", reason=error_text(err))
                     free_cuda()
