@@ -11,8 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from ..ops import box_refine as _box_refine
-from ..ops.box_refine import dim_t, encode_boxes_sine, interleave_sin_cos, inverse_sigmoid  # noqa: F401  (the spec lives in ops)
+from ..ops.box_refine import clear_divisors, dim_t, encode_boxes_sine, interleave_sin_cos, inverse_sigmoid  # noqa: F401  (the spec lives in ops)
 from ..ops.linear import ACTIVATIONS as LINEAR_ACTIVATIONS
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
@@ -205,7 +204,7 @@ def clear_constant_caches() -> None:
     """Drop the cached constant tensors (position-encoding grids, frequency divisors). Not while CUDA graphs of
     :func:`sam3lt.optimize` are alive: they read the divisors."""
     _sine_grid_cached.cache_clear()
-    _box_refine.clear_divisors()
+    clear_divisors()
 
 
 @functools.lru_cache(maxsize=16)
