@@ -1,10 +1,8 @@
-"""sam3lt packaging.
+"""sam3lt packaging: the CUDA extension (project metadata and package layout are in pyproject.toml).
 
-The Triton kernels live in the top-level ``kernels/`` folder of the repository and are installed as
-``sam3lt.kernels`` (``package_dir``), so no top-level module called ``kernels`` is ever installed.
 The CUDA extension ``sam3lt._C`` (``csrc/``) is added to ``ext_modules`` by ``_cuda_extensions()`` when a CUDA
-toolkit and a CUDA build of torch are present (install with ``--no-build-isolation``: it builds against the
-installed torch). Environment:
+toolkit and a CUDA build of torch are present. It is built against the torch of the build environment, so install
+with ``pip install --no-build-isolation`` (an isolated build has no torch). Environment:
 
 - ``SAM3LT_SKIP_CUDA_BUILD=1``: pure-Python install, never build the extension.
 - ``SAM3LT_FORCE_CUDA_BUILD=1``: build it, and fail the install when it cannot be built.
@@ -13,12 +11,16 @@ installed torch). Environment:
 - ``CUDA_HOME``: the toolkit; otherwise found from ``nvcc`` on ``PATH`` or ``/usr/local/cuda``.
 
 Without a toolkit (and without ``SAM3LT_FORCE_CUDA_BUILD``) the install is pure Python and the ``cuda`` backend
-of ``sam3lt.ops`` reports why it is unavailable. One line printed at build time says what is built.
+of ``sam3lt.ops`` reports why it is unavailable. One line printed at build time says what is built; when an
+install that builds code (a wheel, an editable install, build_ext) leaves the extension out for any reason but
+``SAM3LT_SKIP_CUDA_BUILD``, that reason is also a warning, which pip shows (``pip install .``, ``-e .``) where it
+hides the printed line.
 """
 import glob
 import os
 import shutil
 import sys
+import warnings
 
 from setuptools import setup
 
@@ -26,6 +28,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT_ARCHS = "8.0;9.0"
 _BUILD_NOTE = "pure Python (no CUDA extension)"
 _CMDCLASS = {}
+# setup.py runs once per build-backend hook; these commands are the ones that build code (metadata hooks, sdist
+# and --version do not), so the warning below comes once per install
+_BUILD_COMMANDS = {"bdist_wheel", "editable_wheel", "build", "build_ext", "install", "develop"}
 
 
 def _env_flag(name: str) -> bool:
@@ -80,6 +85,11 @@ def _cuda_extensions():
         if force:
             raise RuntimeError(f"sam3lt: SAM3LT_FORCE_CUDA_BUILD is set but the CUDA extension cannot be built: {reason}")
         _BUILD_NOTE = f"pure Python (no CUDA extension: {reason})"
+        if _BUILD_COMMANDS.intersection(sys.argv[1:]):
+            # a UserWarning from setup.py is what pip passes on (the print below needs pip -v); lineno 0: one line
+            warnings.warn_explicit(f"sam3lt: installing without the CUDA extension sam3lt._C: {reason}; the 'cuda' "
+                                   "backend will be unavailable (set SAM3LT_SKIP_CUDA_BUILD=1 to build pure Python "
+                                   "on purpose)", UserWarning, filename=__file__, lineno=0)
         return []
 
     if _env_flag("SAM3LT_SKIP_CUDA_BUILD"):
@@ -133,30 +143,4 @@ def _cuda_extensions():
 ext_modules = _cuda_extensions()
 print(f"sam3lt: building {_BUILD_NOTE}")
 
-setup(
-    name="sam3lt",
-    version="0.1.0",
-    description="Fast SAM3-LiteText inference: compact model, Triton and CUDA kernels",
-    python_requires=">=3.11",
-    packages=["sam3lt", "sam3lt.model", "sam3lt.ops", "sam3lt.kernels", "sam3lt.assets"],
-    package_dir={"sam3lt.kernels": "kernels"},
-    package_data={"sam3lt.assets": ["*.jpg", "*.png", "*.txt", "*.gz", "*.json"]},
-    install_requires=[
-        "torch>=2.11",
-        "torchvision",
-        "triton",
-        "numpy",
-        "safetensors",
-        "tokenizers",
-        "huggingface_hub",
-        "pillow",
-        "tqdm",
-    ],
-    extras_require={
-        "test": ["transformers>=5.17", "pytest", "pytest-benchmark", "scikit-image"],
-        "hf": ["transformers>=5.17"],
-    },
-    entry_points={"console_scripts": ["sam3lt=sam3lt.cli:main"]},
-    ext_modules=ext_modules,
-    cmdclass=_CMDCLASS,
-)
+setup(ext_modules=ext_modules, cmdclass=_CMDCLASS)

@@ -11,7 +11,8 @@ pipi() {  # pip install, minus the local-index "is ignored" noise; fails when pi
   python -m pip install -q "$@" 2>&1 | { grep -v "is ignored" || true; }
 }
 pipi --upgrade pip
-pipi "torch==2.14.1" "torchvision==0.29.1" ninja setuptools wheel
+# build: makes the sdist and the wheel (tests/test_packaging.py, scripts/check_dist.py)
+pipi "torch==2.14.1" "torchvision==0.29.1" ninja setuptools wheel build
 # --no-build-isolation: setup.py imports the installed torch to build the CUDA extension against it.
 # transformers is pinned for the reference tests: parity is checked against this exact release.
 pipi --no-build-isolation -e ".[test]" "transformers==5.23.*"
