@@ -18,6 +18,8 @@ import collections
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from sam3lt.testing import fake_cuda
+
 # aten ops that only make views or metadata (no kernel)
 VIEW_OPS = ("view", "expand", "unsqueeze", "permute", "transpose", "slice", "select", "split", "unbind", "t.default",
             "alias", "squeeze", "_unsafe_view", "as_strided", "detach", "chunk", "unflatten", "reshape", "flatten",
@@ -35,19 +37,6 @@ class OpCounter(TorchDispatchMode):
 
     def kernels(self) -> int:
         return sum(n for op, n in self.counts.items() if not any(v in op for v in VIEW_OPS))
-
-
-def fake_cuda(model, mode):
-    """The model's parameters and buffers as fake CUDA tensors (shapes only; no GPU needed)."""
-    import torch.nn as nn
-
-    with mode:
-        for module in model.modules():
-            for name, p in list(module.named_parameters(recurse=False)):
-                setattr(module, name, nn.Parameter(mode.from_tensor(p).to("cuda"), requires_grad=False))
-            for name, b in list(module.named_buffers(recurse=False)):
-                module._buffers[name] = mode.from_tensor(b).to("cuda")
-    return model
 
 
 def count(layers: int = 2, image_size: int = 336, prompts: int = 1, triton: bool = False) -> dict[str, dict]:

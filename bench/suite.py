@@ -51,9 +51,9 @@ def _ints(text: str) -> list[int]:
 
 def _families(text: str) -> list[str]:
     """--families: names of ``bench/ops`` FAMILIES (the one list), comma-separated; an unknown one is refused."""
-    from .ops import FAMILIES
+    from .ops import ALIASES, FAMILIES
 
-    names = _csv(text)
+    names = [ALIASES.get(name, name) for name in _csv(text)]
     unknown = [name for name in names if name not in FAMILIES]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown op family {', '.join(unknown) or repr(text)}; expected some of "

@@ -215,8 +215,9 @@ def test_bench_families_listed_and_accepted(capsys):
     from sam3lt.cli import build_parser
 
     families = _bench_families()
-    assert {"attention", "cross_attention", "repmixer", "upsample", "layer_norm", "linear", "box_bias",
+    assert {"window_attention", "cross_attention", "repmixer", "upsample", "layer_norm", "linear", "box_bias",
             "box_refine"} <= set(families)
+    assert build_parser().parse_args(["bench", "--families", "attention"]).families == ["window_attention"]
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())

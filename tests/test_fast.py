@@ -18,6 +18,7 @@ from torch.utils._pytree import tree_leaves
 import sam3lt
 from sam3lt.fast import agreement
 from sam3lt.model.common import clear_constant_caches
+from sam3lt.testing import fake_cuda
 import seeds
 
 OUTPUTS = ("pred_masks", "pred_boxes", "pred_logits", "presence_logits", "semantic_seg")
@@ -233,8 +234,6 @@ class _HostTraffic(TorchDispatchMode):
 
 
 def _fake_cuda_model(mode: FakeTensorMode, dtype=torch.bfloat16):
-    from bench.launches import fake_cuda  # every parameter and buffer swapped for a fake CUDA tensor
-
     return fake_cuda(sam3lt.Sam3LiteTextModel(_config()).to(dtype).fold_batchnorm(), mode)
 
 

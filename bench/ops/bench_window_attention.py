@@ -79,13 +79,13 @@ def cases(size: str) -> list[Case]:
     tokens_w, tokens_g = window * window, grid * grid
     n_win = (grid // window) ** 2
     out = [
-        Case("attention", "window_attention", "ViT windowed attention",
+        Case("window_attention", "window_attention", "ViT windowed attention",
              f"1×{grid}²×3·{HEADS}·{HEAD_DIM} → {n_win} windows × {tokens_w} tokens, {HEADS}×d{HEAD_DIM}",
              _make(1, grid, window), _flops, _bytes, BASELINES),
-        Case("attention", "window_attention", "ViT windowed attention, 8 images",
+        Case("window_attention", "window_attention", "ViT windowed attention, 8 images",
              f"8×{grid}²×3·{HEADS}·{HEAD_DIM} → {8 * n_win} windows × {tokens_w} tokens, {HEADS}×d{HEAD_DIM}",
              _make(8, grid, window), _flops, _bytes, BASELINES, sizes=("full",), quick=False),
-        Case("attention", "window_attention", "ViT global attention",
+        Case("window_attention", "window_attention", "ViT global attention",
              f"1×{grid}²×3·{HEADS}·{HEAD_DIM} → {tokens_g} tokens, {HEADS}×d{HEAD_DIM}",
              _make(1, grid, 0), _flops, _bytes, BASELINES),
     ]
