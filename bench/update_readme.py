@@ -1,10 +1,11 @@
-"""Regenerate the README's performance section from the committed results in bench/results/ (never typed
-by hand), between the README's BEGIN/END markers:
+"""Regenerate the README's performance summary from the committed results in bench/results/ (never typed
+by hand), between the README's BEGIN/END markers: one line per result, the tables themselves stay in
+bench/results/ and are linked:
 
-- every ``*.md`` table directly in bench/results/ (e.g. ``cpu_vs_hf.md``), in name order;
-- then every run folder of the benchmark suite (``bench/results/<run>/summary.md``, written by ``sam3lt bench``),
-  GPU runs first, then by name, each with a link to its full tables (``bench.md``) and its plot. A summary opens
-  with the run's issue-6 goals table (``goals.md``, ``bench/goals.py``).
+- every ``*.md`` table directly in bench/results/ (e.g. ``cpu_vs_hf_504.md``), in name order: its setting (first
+  line) and its headline row (the bold one);
+- then every run folder of the benchmark suite (``bench/results/<run>/``, written by ``sam3lt bench``), GPU runs
+  first, then by name: its card line and links to its goals, summary, full tables and plot.
 
     python bench/update_readme.py                       # rewrite README.md
     python bench/update_readme.py --print               # only print the block
@@ -35,20 +36,26 @@ def _is_gpu(folder: Path) -> bool:
         return False
 
 
+def _headline(table: Path) -> str:
+    lines = [line.strip() for line in table.read_text().splitlines() if line.strip()]
+    bold = [line for line in lines if line.startswith("| **")]
+    setting = lines[0] if lines else ""
+    return setting + (f" Headline: {' '.join(c.strip() for c in bold[0].strip('|').split('|'))}." if bold else "")
+
+
 def render(results: Path | None = None) -> str:
     results = Path(results) if results else ROOT / "bench" / "results"
     parts = []
     for table in sorted(results.glob("*.md")):
-        parts.append(f"**{table.stem}** (`{_rel(table)}`)\n\n{table.read_text().strip()}\n")
+        parts.append(f"- **{table.stem}** ([`{_rel(table)}`]({_rel(table)})): {_headline(table)}")
     runs = [d for d in results.iterdir() if d.is_dir() and (d / "summary.md").is_file()] if results.is_dir() else []
     for run in sorted(runs, key=lambda d: (not _is_gpu(d), d.name)):
-        links = [f"full tables: `{_rel(run / 'bench.md')}`"]
-        png = run / "speedups.png"
-        body = (run / "summary.md").read_text().strip()
-        if png.is_file():
-            body += f"\n\n![per-layer speedups, {run.name}]({_rel(png)})"
-        parts.append(f"**{run.name}** (`{_rel(run)}/`; {', '.join(links)})\n\n{body}\n")
-    return "\n".join(parts) if parts else "No results committed yet.\n"
+        card = next((line for line in (run / "summary.md").read_text().splitlines() if line.startswith("Card:")), "")
+        links = [f"[{name}]({_rel(run / name)})" for name in ("goals.md", "summary.md", "bench.md", "speedups.png")
+                 if (run / name).is_file()]
+        parts.append(f"- **{run.name}** (`{_rel(run)}/`, sam3lt benchmark{', GPU' if _is_gpu(run) else ', CPU'}): "
+                     f"{card} {', '.join(links)}")
+    return "\n".join(parts) + "\n" if parts else "No results committed yet.\n"
 
 
 def update(readme: Path, results: Path | None = None) -> str:

@@ -164,7 +164,7 @@ def test_update_readme_includes_the_run(quick_run, tmp_path):
         sys.path.remove(str(ROOT / "bench"))
     results = tmp_path / "results"
     results.mkdir()
-    (results / "table.md").write_text("| a | b |\n|---|---|\n| 1 | 2 |\n")
+    (results / "table.md").write_text("CPU, fp32.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n| **a / b** | **2×** |\n")
     run = results / out.name
     run.mkdir()
     for name in ("summary.md", "bench.md", "results.json", "speedups.png"):
@@ -173,7 +173,8 @@ def test_update_readme_includes_the_run(quick_run, tmp_path):
     readme.write_text(f"# x\n\n{update_readme.BEGIN}\nold\n{update_readme.END}\n\ntail\n")
     update_readme.update(readme, results)
     text = readme.read_text()
-    assert "\nold\n" not in text and text.endswith("tail\n") and "| 1 | 2 |" in text
+    assert "\nold\n" not in text and text.endswith("tail\n") and "| 1 | 2 |" not in text  # linked, not copied
+    assert "CPU, fp32. Headline: **a / b** **2×**." in text
     assert f"**{out.name}**" in text and "sam3lt benchmark" in text and "speedups.png" in text
     assert text.index("table.md") < text.index(f"**{out.name}**")
     assert suite is not None
