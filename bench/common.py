@@ -191,7 +191,10 @@ def measure_ceilings(device: torch.device, timer: Timer, quick: bool) -> dict:
     x = y = None  # free before the matmuls
     dtypes = ("bfloat16", "float32")  # bf16 on the CPU too: with AMX/AVX512-BF16 it beats the fp32 ceiling
     for name in dtypes:
-        n = (8192 if not quick or name == "bfloat16" else 4096) if cuda else 2048
+        if cuda:
+            n = 8192 if not quick or name == "bfloat16" else 4096
+        else:  # a CPU without bf16 dot products (AVX2) emulates bf16 at a few GFLOP/s: keep that matmul small
+            n = 2048 if name == "float32" else (512 if quick else 1024)
         a = torch.randn(n, n, device=device, dtype=DTYPES[name])
         b = torch.randn_like(a)
         t = timer.op(lambda: a @ b)
