@@ -16,7 +16,7 @@ from . import goals as goals_mod
 from .common import NOT_MEASURED, SHORT
 from .e2e import BREAKDOWN, FAST_DTYPE
 from .layers import COMPONENTS, FULL, POSTPROCESS, ROWS, SAME
-from .sections import GPU_ROWS, SECTIONS, load_sections, merge  # noqa: F401  (the report's inputs)
+from .sections import GPU_ROWS, merge
 
 IMPL_LABELS = {"sam3lt:eager": "sam3lt eager", "sam3lt:triton": "sam3lt triton", "sam3lt:cuda": "sam3lt cuda",
                "sam3lt:auto": "sam3lt auto", "sam3lt:fast": "sam3lt fast",

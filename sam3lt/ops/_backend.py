@@ -69,6 +69,12 @@ def define(op: str, check_args: Callable[..., None]) -> None:
     _CHECKS[op] = check_args
 
 
+def _check_args(op: str, args) -> None:
+    check = _CHECKS.get(op)
+    if check is not None:
+        check(*args)
+
+
 def register(op: str, backend: str, fn: Callable, supports: Callable[..., str | None] | None = None,
              auto: bool = True) -> None:
     """Register ``fn`` as ``backend``'s implementation of ``op`` (``supports`` returns None or a reason).
@@ -152,7 +158,7 @@ def backend_reason(op: str, backend: str, args) -> str | None:
 def unavailable_reason(op: str, backend: str, *args) -> str | None:
     """None if ``backend`` can run ``op`` on these inputs, else why not (invalid arguments: what is wrong)."""
     try:
-        _CHECKS.get(op, lambda *a: None)(*args)
+        _check_args(op, args)
     except (TypeError, ValueError) as exc:
         return str(exc)
     return backend_reason(op, backend, args)
@@ -187,7 +193,7 @@ def explain(op: str, *args) -> dict[str, str]:
     """For each backend, "runs" / "available" or the reason it cannot run ``op`` on these inputs (for users
     asking why a kernel did not run; ``auto`` picks the first that can, in the order of :data:`BACKENDS`).
     Invalid arguments raise the op's TypeError / ValueError."""
-    _CHECKS.get(op, lambda *a: None)(*args)
+    _check_args(op, args)
     out = {}
     for name in BACKENDS:
         reason = backend_reason(op, name, args)

@@ -77,8 +77,10 @@ def window_attention_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.
 def check_args(qkv, cos, sin, num_heads, window_size, pad_value=None) -> None:
     """Raise TypeError / ValueError unless the arguments fit :func:`window_attention`."""
     op = "window_attention"
-    for name, t in (("qkv", qkv), ("cos", cos), ("sin", sin)) + ((("pad_value", pad_value),) if pad_value is not None else ()):
-        _checks.floating(op, name, t)
+    tensors = (("qkv", qkv), ("cos", cos), ("sin", sin), ("pad_value", pad_value))
+    for name, t in tensors:
+        if t is not None or name != "pad_value":
+            _checks.floating(op, name, t)
     _checks.integer(op, "num_heads", num_heads, 1)
     _checks.integer(op, "window_size", window_size, 0)
     if qkv.dim() != 4 or cos.dim() != 2 or sin.dim() != 2:
@@ -93,7 +95,7 @@ def check_args(qkv, cos, sin, num_heads, window_size, pad_value=None) -> None:
         raise ValueError(f"{op}: cos/sin must be ({tokens}, {head_dim}) for this window, got {tuple(cos.shape)}")
     if pad_value is not None and (pad_value.dim() != 1 or pad_value.shape[0] != three_c):
         raise ValueError(f"{op}: pad_value must be ({three_c},), got {tuple(pad_value.shape)}")
-    _checks.same_device(op, (("qkv", qkv), ("cos", cos), ("sin", sin), ("pad_value", pad_value)))
+    _checks.same_device(op, tensors)
 
 
 def window_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int, window_size: int,
