@@ -11,6 +11,7 @@ from .model import Sam3LiteTextModel, Sam3LiteTextOutput, TextOutput, VisionOutp
 from .loading import CheckpointError
 from .processor import Sam3LiteTextProcessor
 from .fast import FastSam3LiteText, optimize
+from .pipeline import segment_dataset
 
 from_pretrained = Sam3LiteTextModel.from_pretrained  # sam3lt.from_pretrained(path_or_hub_id, dtype=..., device=...)
 from_transformers = Sam3LiteTextModel.from_transformers  # sam3lt.from_transformers(hf_model)
@@ -23,5 +24,5 @@ __all__ = [
     "Sam3LiteTextMaskDecoderConfig",
     "Sam3LiteTextModel", "Sam3LiteTextOutput", "TextOutput", "VisionOutput",
     "CheckpointError", "from_pretrained", "from_transformers", "Sam3LiteTextProcessor",
-    "FastSam3LiteText", "optimize", "__version__",
+    "FastSam3LiteText", "optimize", "segment_dataset", "__version__",
 ]

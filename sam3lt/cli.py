@@ -19,24 +19,17 @@ Subcommands: each ``_add_<name>(subparsers)`` function below defines one and set
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
-import textwrap
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
-from .processor import SAMPLE_IMAGE, Sam3LiteTextProcessor, load_image
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Distinct colours for instances (Sasha Trubetskoy's list), cycled.
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255)]
-MASK_ALPHA = 110  # of 255: masks stay translucent
-RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS (no --checkpoint): masks and scores are meaningless"
+from .pipeline.api import DTYPES
+from .pipeline.decode import MAX_PIXELS, PREPROCESS_MODES
+from .pipeline.output import FORMATS
+from .pipeline.overlay import RANDOM_WEIGHTS_NOTE, render_overlay  # noqa: F401 -- render_overlay: public name
+from .processor import SAMPLE_IMAGE
 
 
 # ---------------------------------------------------------------------------------------------- shared helpers
@@ -44,193 +37,116 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model_and_processor(checkpoint: str | None, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                             seed: int = 0):
-    """(model, processor, random_weights). Without a checkpoint: a tiny random-weight model, seeded."""
-    from . import Sam3LiteTextConfig, Sam3LiteTextModel
-
-    if checkpoint is None:
-        torch.manual_seed(seed)
-        model = Sam3LiteTextModel(Sam3LiteTextConfig.tiny()).to(device=device, dtype=dtype).eval()
-        processor = Sam3LiteTextProcessor(size=model.config.image_size)  # bundled CLIP vocabulary
-        return model, processor, True
-    model = Sam3LiteTextModel.from_pretrained(checkpoint, dtype=dtype, device=device).eval()
-    processor = Sam3LiteTextProcessor.from_pretrained(checkpoint, size=model.config.image_size)
-    return model, processor, False
-
-
 # ----------------------------------------------------------------------------------------------------- segment
 def _add_segment(subparsers) -> None:
     p = subparsers.add_parser(
-        "segment", help="segment the instances of a text prompt in images",
-        description="Segment every instance of the text prompt(s) in each IMAGE; write mask PNGs, an overlay PNG "
-                    "per image and results.json to --out.")
-    p.add_argument("images", nargs="*", metavar="IMAGE",
-                   help="image files (default: the bundled sample photo of a cat)")
+        "segment", help="segment the instances of text prompts in images, folders or a whole dataset",
+        description="Segment every instance of the text prompt(s) in each input image. More than one image: COCO "
+                    "files (dataset.json, predictions.json) in --out; one image: mask PNGs, an overlay PNG and "
+                    "results.json (--format changes that). Failed inputs go to errors.jsonl; a run stopped "
+                    "part-way continues when the same command is run again. Exit status: 0 all segmented, 1 some "
+                    "inputs failed, 2 bad arguments.")
+    p.add_argument("images", nargs="*", metavar="INPUT",
+                   help="image files, folders (recursive), glob patterns, or .jsonl/.csv manifests with a 'path' "
+                        "column and optional per-image prompts in a 'text' column (CSV: separated by '|') "
+                        "(default: the bundled sample photo of a cat)")
     p.add_argument("--text", action="append", metavar="PROMPT",
-                   help="text prompt; repeat for several prompts (default with the sample image: 'cat')")
+                   help="text prompt for every image; repeat for several prompts (default with the sample image: "
+                        "'cat'); a manifest's prompts replace them for its images")
     p.add_argument("--checkpoint", metavar="PATH_OR_ID",
                    help="HF SAM3-LiteText checkpoint folder or hub id, e.g. yonigozlan/sam3-litetext-s0 "
                         "(default: a tiny random-weight model, for a dry run)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="coco: dataset.json + predictions.json (RLE masks); png: mask and overlay PNGs + "
+                        "results.json (default: coco for more than one image, png for one)")
+    p.add_argument("--overlays", action="store_true", help="also write an overlay PNG per image (OUT/overlays/)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model dtype (default: float32)")
+    p.add_argument("--fast", action="store_true", help="run on the fast path (sam3lt.optimize; CUDA graphs on a GPU)")
     p.add_argument("--threshold", type=_unit_interval, default=0.3,
                    help="score threshold for instances, in [0, 1] (default: 0.3)")
     p.add_argument("--mask-threshold", type=_unit_interval, default=0.5,
                    help="probability threshold for mask pixels, in [0, 1] (default: 0.5)")
+    p.add_argument("--batch-size", type=_positive, default=4, help="images per vision forward (default: 4)")
+    p.add_argument("--workers", type=_non_negative, default=None,
+                   help="decoding processes (default: min(4, CPUs - 1); 0 decodes in the main process)")
+    p.add_argument("--preprocess", choices=PREPROCESS_MODES, default="workers",
+                   help="workers: resize in the decoding processes (exactly the processor's); device: resize on "
+                        "the device from uint8 (within one uint8 level of the processor)")
+    p.add_argument("--max-pixels", type=_positive, default=MAX_PIXELS,
+                   help=f"larger images are recorded as failed (default: {MAX_PIXELS}, PIL's limit)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights without --checkpoint")
+    p.add_argument("--ray", action="store_true",
+                   help="run on Ray Data (pip install 'sam3lt[ray]'): one model actor per GPU, or CPU actors")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local one)")
+    p.add_argument("--ray-actors", type=_positive, default=None,
+                   help="model actors (default: one per GPU of the cluster, 1 without GPUs)")
+    p.add_argument("--ray-actor-cpus", type=float, default=None,
+                   help="CPUs reserved per CPU model actor (default: 1; fractions leave CPUs to decoding tasks)")
     p.set_defaults(func=run_segment)
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    paths = [Path(p) for p in args.images] or [SAMPLE_IMAGE]
+    from .pipeline import UsageError, segment_dataset
+
+    inputs = args.images or [SAMPLE_IMAGE]
     prompts = args.text or (["cat"] if not args.images else None)
-    if not prompts:
-        return _fail("--text: give a prompt (e.g. --text 'a cat')")
-    if any(not p.strip() for p in prompts):
-        return _fail("--text: prompts must not be empty")
-    for path in paths:
-        if not path.is_file():
-            return _fail(f"IMAGE: {path} is not a file")
-    device = args.device or default_device()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        return _fail("--device: cuda was asked for but torch sees no CUDA device")
     problem = checkpoint_problem(args.checkpoint)
     if problem:
         return _fail(f"--checkpoint: {problem}")
-
-    from tqdm import tqdm
-
-    try:
-        model, processor, random_weights = load_model_and_processor(args.checkpoint, device, DTYPES[args.dtype],
-                                                                    args.seed)
-    except (OSError, ValueError) as err:  # unreachable hub id, corrupt or mismatched checkpoint (CheckpointError)
-        if args.checkpoint is None:
-            raise
-        return _fail(f"--checkpoint: {str(err).removeprefix('path_or_hub_id: ')}")
-    if random_weights:
+    if args.ray_address and not args.ray:
+        return _fail("--ray-address: given without --ray")
+    if args.checkpoint is None:
         print(f"sam3lt: warning: {RANDOM_WEIGHTS_NOTE}", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
-    run = {"text": prompts, "checkpoint": args.checkpoint, "random_weights": random_weights, "device": device,
-           "dtype": args.dtype, "threshold": args.threshold, "mask_threshold": args.mask_threshold,
-           "image_size": model.config.image_size, "images": []}
-    stems: set[str] = set()
-    progress = tqdm(paths, desc="segment", unit="image", file=sys.stderr)
-    for path in progress:
-        try:
-            image = load_image(path)
-        except (RuntimeError, ValueError, OSError) as err:
-            progress.leave = False
-            progress.close()  # the error gets a line of its own
-            return _fail(f"IMAGE: cannot read {path}: {decode_error_reason(err)}")
-        stem = _unique_stem(path.stem, stems)
-        instances = _segment_one(model, processor, image, prompts, args.threshold, args.mask_threshold, device)
-        run["images"].append(_write_image_outputs(args.out, stem, path, image, instances, prompts, args.checkpoint,
-                                                  random_weights))
-    with open(args.out / "results.json", "w", encoding="utf-8") as f:
-        json.dump(run, f, indent=2)
-        f.write("\n")
-    kept = sum(len(entry["instances"]) for entry in run["images"])
-    print(f"sam3lt: {kept} instance(s) in {len(paths)} image(s); wrote {args.out}", file=sys.stderr)
-    return 0
-
-
-@torch.inference_mode()
-def _segment_one(model, processor, image: torch.Tensor, prompts, threshold, mask_threshold, device) -> list[dict]:
-    """All prompts on one image (the model encodes the image once): kept instances, best score first."""
-    inputs = processor(images=image, text=prompts, device=device)
-    outputs = model(pixel_values=inputs.pixel_values.to(model.dtype), input_ids=inputs.input_ids,
-                    attention_mask=inputs.attention_mask)
-    height, width = image.shape[-2:]
-    results = processor.post_process_instance_segmentation(outputs, threshold, mask_threshold,
-                                                           target_sizes=[(height, width)] * len(prompts))
-    instances = []
-    for prompt, result in zip(prompts, results):
-        for score, box, mask in zip(result["scores"].float().cpu().tolist(), result["boxes"].float().cpu().tolist(),
-                                    result["masks"].cpu().numpy()):
-            instances.append({"prompt": prompt, "score": score, "box": box, "mask": mask})
-    return sorted(instances, key=lambda inst: -inst["score"])
-
-
-def _write_image_outputs(out: Path, stem: str, path: Path, image: torch.Tensor, instances, prompts, checkpoint,
-                         random_weights) -> dict:
-    entries = []
-    for k, inst in enumerate(instances):
-        mask_name = f"{stem}_mask_{k:03d}.png"
-        Image.fromarray(inst["mask"].astype(np.uint8) * 255).save(out / mask_name)
-        entries.append({"prompt": inst["prompt"], "score": round(inst["score"], 6),
-                        "box": [round(v, 2) for v in inst["box"]], "mask": mask_name,
-                        "area": int(inst["mask"].sum())})
-    title = f"sam3lt | {', '.join(repr(p) for p in prompts)} | {len(instances)} instance(s) | " \
-            f"{checkpoint or 'no checkpoint'}"
-    picture = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
-    overlay = render_overlay(picture, instances, title, RANDOM_WEIGHTS_NOTE if random_weights else None)
-    overlay_name = f"{stem}_overlay.png"
-    overlay.save(out / overlay_name)
-    return {"image": str(path), "height": image.shape[-2], "width": image.shape[-1], "overlay": overlay_name,
-            "instances": entries}
-
-
-def render_overlay(image: Image.Image, instances, title: str, warning: str | None = None) -> Image.Image:
-    """The image with translucent coloured masks, boxes and "prompt score" labels, under a title bar (and a
-    red warning line, e.g. for random weights)."""
-    base = image.convert("RGBA")
-    for k, inst in enumerate(instances):
-        colour = PALETTE[k % len(PALETTE)]
-        fill = Image.new("RGBA", base.size, colour + (0,))
-        fill.putalpha(Image.fromarray(inst["mask"].astype(np.uint8) * MASK_ALPHA))
-        base = Image.alpha_composite(base, fill)
-    draw = ImageDraw.Draw(base)
-    font = _font(max(11, min(16, base.width // 40)))
-    for k, inst in enumerate(instances):
-        colour = PALETTE[k % len(PALETTE)] + (255,)
-        x0, y0, x1, y1 = inst["box"]
-        draw.rectangle([x0, y0, max(x0, x1), max(y0, y1)], outline=colour, width=2)
-        label = f"{inst['prompt']} {inst['score']:.2f}"
-        left, top, right, bottom = draw.textbbox((x0 + 2, y0 + 1), label, font=font)
-        draw.rectangle([left - 2, top - 1, right + 2, bottom + 1], fill=(0, 0, 0, 160))
-        draw.text((x0 + 2, y0 + 1), label, fill=colour, font=font)
-
-    width = base.width
-    lines = [(line, (255, 255, 255)) for line in _wrap(title, font, width - 12)]
-    if warning:
-        lines += [(line, (255, 80, 80)) for line in _wrap(warning, font, width - 12)]
-    line_height = int(font.getbbox("Ag")[3]) + 4
-    bar = 8 + line_height * len(lines)
-    canvas = Image.new("RGB", (width, base.height + bar), (30, 30, 30))
-    canvas.paste(base.convert("RGB"), (0, bar))
-    draw = ImageDraw.Draw(canvas)
-    for i, (line, colour) in enumerate(lines):
-        draw.text((6, 4 + i * line_height), line, fill=colour, font=font)
-    return canvas
-
-
-def _font(size: int):
     try:
-        return ImageFont.load_default(size=size)  # a scalable font (Pillow ≥ 10.1 with FreeType)
-    except (TypeError, ValueError, OSError, ImportError):
-        return ImageFont.load_default()
+        summary = segment_dataset(
+            inputs, text=prompts, out=args.out, model=args.checkpoint, format=args.format, overlays=args.overlays,
+            batch_size=args.batch_size, workers=args.workers, device=args.device, dtype=args.dtype, fast=args.fast,
+            preprocess=args.preprocess, threshold=args.threshold, mask_threshold=args.mask_threshold,
+            max_pixels=args.max_pixels, seed=args.seed, engine="ray" if args.ray else "local",
+            ray_address=args.ray_address, ray_actors=args.ray_actors, ray_actor_cpus=args.ray_actor_cpus)
+    except UsageError as err:
+        return _fail(_cli_names(str(err)))
+    for line in summary.lines():
+        print(f"sam3lt: {line}", file=sys.stderr)
+    return 130 if summary.interrupted else summary.exit_code
 
 
-def _wrap(text: str, font, width: int) -> list[str]:
-    """Wrap ``text`` to lines that fit ``width`` pixels in ``font``."""
-    per_char = max(1.0, font.getlength("n"))
-    return textwrap.wrap(text, max(8, int(width / per_char))) or [""]
+# segment_dataset's argument names -> the options that set them, for its error messages
+_OPTION = {"inputs": "IMAGE", "model": "--checkpoint", "engine": "--ray"}
 
 
-def _unique_stem(stem: str, used: set[str]) -> str:
-    # Two inputs with the same file name (from different folders) must not overwrite each other's outputs.
-    candidate, n = stem, 1
-    while candidate in used:
-        candidate, n = f"{stem}_{n}", n + 1
-    used.add(candidate)
-    return candidate
+def _cli_names(message: str) -> str:
+    name, sep, rest = message.partition(": ")
+    if not sep or " " in name:
+        return message
+    return f"{_OPTION.get(name, '--' + name.replace('_', '-'))}: {rest}"
 
 
 def _fail(message: str) -> int:
     print(f"sam3lt: error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the cause said
     return 2
+
+
+def _positive(text: str) -> int:
+    """argparse type of counts: an integer >= 1."""
+    return _integer(text, 1)
+
+
+def _non_negative(text: str) -> int:
+    return _integer(text, 0)
+
+
+def _integer(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+    return value
 
 
 def _unit_interval(text: str) -> float:

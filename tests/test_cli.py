@@ -59,7 +59,7 @@ def test_several_images_and_prompts(tmp_path):
     Image.open(SAMPLE_IMAGE).convert("L").resize((120, 90)).save(second)  # grayscale, another size
     out = tmp_path / "out"
     argv = ["segment", str(first), str(second), "--text", "cat", "--text", "ear", "--out", str(out),
-            "--threshold", "0", "--dtype", "bfloat16", "--device", "cpu"]
+            "--threshold", "0", "--dtype", "bfloat16", "--device", "cpu", "--format", "png"]
     assert main(argv) == 0
     results = _read_results(out)
     assert results["text"] == ["cat", "ear"] and results["dtype"] == "bfloat16"
@@ -182,12 +182,18 @@ def _truncated_jpeg(path):
 @pytest.mark.parametrize("write", [lambda p: p.write_bytes(b"not an image"), _truncated_jpeg,
                                    lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)])
 def test_unreadable_image(tmp_path, capsys, write):
+    """An unreadable input is a failed input (exit status 1, a line in errors.jsonl), not a usage error."""
     image = tmp_path / "broken.jpg"
     write(image)
-    assert main(["segment", str(image), "--text", "cat", "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
-    line = _one_error_line(capsys, f"sam3lt: error: IMAGE: cannot read {image}: ")
+    assert main(["segment", str(image), "--text", "cat", "--out", str(tmp_path / "out"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    (line,) = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("sam3lt: error:")]
+    assert line.startswith(f"sam3lt: error: IMAGE: cannot read {image}: "), err
     reason = line.split(f"cannot read {image}: ", 1)[1]
     assert reason and ".cpp" not in reason and "csrc" not in reason and "decode_" not in reason, line
+    (entry,) = [json.loads(row) for row in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    assert entry == {"file": str(image), "error": reason}
 
 
 def test_decode_error_reason():
