@@ -123,8 +123,9 @@ def _cuda_extensions():
     defines = [f"-DSAM3LT_TORCH_VERSION={torch.__version__}", f"-DSAM3LT_CUDA_ARCHS={arch_tokens}"]
     ext = cpp.CUDAExtension(
         name="sam3lt._C",
-        sources=[os.path.relpath(os.path.join(_HERE, "csrc", f), _HERE)
-                 for f in ("ops.cpp", "attention.cu", "repmixer.cu", "upsample.cu")],
+        # ops.cpp and one csrc/<family>.cu per op family: a new family's kernels are picked up by name
+        sources=[os.path.relpath(f, _HERE)
+                 for f in [os.path.join(_HERE, "csrc", "ops.cpp")] + sorted(glob.glob(os.path.join(_HERE, "csrc", "*.cu")))],
         include_dirs=includes,
         extra_compile_args={
             # no -std: BuildExtension adds the one this torch needs (C++17 or C++20; the sources take both)

@@ -57,7 +57,8 @@ struct BinaryParams {
   float threshold;  // already rounded to the input dtype
 };
 
-// Flash-attention forward shared by the three attention ops.
+// Flash-attention forward (flash_attention.cuh) shared by the attention families; the mode is a template
+// parameter of the kernel, chosen by the launcher:
 //   mode kWindow : window_attention, q/k/v read from the fused (B, H, W, 3C) grid by index arithmetic, RoPE
 //                  applied in-kernel, padded tokens take pad_value (or zeros); out (B, H, W, C) contiguous.
 //   mode kGeneric: box_bias_attention / masked_attention, q (B, heads, Lq, D), k/v (B, heads, Lk, D) with any
@@ -66,7 +67,6 @@ enum class AttnMode : int { kWindow = 0, kGeneric = 1 };
 
 struct AttnParams {
   DType dtype;
-  AttnMode mode;
   int head_dim;  // D (a multiple of 8, <= 128); the kernel runs at the next instantiated width, zero-padded
   int B, heads;
   float scale_log2;  // log2(e) / sqrt(D)
@@ -99,8 +99,13 @@ struct AttnParams {
 cudaError_t launch_repmixer_dwconv(const RepmixerParams& p, cudaStream_t stream);
 cudaError_t launch_upsample_nearest_add(const UpsampleParams& p, cudaStream_t stream);
 cudaError_t launch_masks_to_binary(const BinaryParams& p, cudaStream_t stream);
-cudaError_t launch_attention(const AttnParams& p, cudaStream_t stream);
+cudaError_t launch_window_attention(const AttnParams& p, cudaStream_t stream);  // mode kWindow
+cudaError_t launch_cross_attention(const AttnParams& p, cudaStream_t stream);   // mode kGeneric
+
 // The padded head width the attention kernel runs for head dim d (16, 32, 64, 128), or 0 when unsupported.
-int attention_kernel_head_dim(int d);
+inline int attention_kernel_head_dim(int d) {
+  if (d <= 0 || d % 8 != 0 || d > 128) return 0;
+  return d <= 16 ? 16 : d <= 32 ? 32 : d <= 64 ? 64 : 128;
+}
 
 }  // namespace sam3lt

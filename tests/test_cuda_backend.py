@@ -3,7 +3,7 @@
 - ``gpu``: the compiled extension through ``sam3lt.ops.<op>(..., backend="cuda")`` on a CUDA GPU, fp32/fp16/bf16.
   Skipped without a GPU ("needs a CUDA GPU"). On a GPU machine an unusable extension fails the tests, unless the
   build was deliberately skipped (``SAM3LT_SKIP_CUDA_BUILD=1``).
-- ``emulated``: the same kernel sources and host code (csrc/*.cu, csrc/host.h) compiled for the CPU against
+- ``emulated``: the same kernel sources and host code (csrc/<family>.cu, csrc/<family>.h) compiled for the CPU against
   csrc/emu/cuda_emu.h, which runs every CUDA thread as a fiber with real barrier, warp-shuffle and wmma
   semantics (see that file). Built on first use with ``torch.utils.cpp_extension.load`` (about 30 s with two
   cores; needs a C++ compiler); ``SAM3LT_SKIP_EMULATION=1`` skips it. Threads are scheduled in a seeded random
@@ -18,6 +18,7 @@ tiny config.
 """
 import _interp  # noqa: F401  (first: decides how triton is imported)
 
+import glob
 import os
 
 import pytest
@@ -45,7 +46,7 @@ _ORDERS = {"forward": 0, "reverse": 1, "random": 2}
 # ---------------------------------------------------------------- targets
 
 def _build_emulated():
-    """Compile csrc/emu/emu_ops.cpp (and through it the kernels) for the CPU; torch.ops.sam3lt_emu.*."""
+    """Compile csrc/emu/emu_ops.cpp and every csrc/*.cu, as one C++ unit, for the CPU; torch.ops.sam3lt_emu.*."""
     if hasattr(torch.ops, "sam3lt_emu") and hasattr(torch.ops.sam3lt_emu, "selftest"):
         return
     from torch.utils import cpp_extension
@@ -53,7 +54,13 @@ def _build_emulated():
     version = torch.__version__.replace("+", "_").replace(".", "_")
     build = os.path.join(REPO, "build", f"sam3lt_emu_torch{version}")
     os.makedirs(build, exist_ok=True)
-    cpp_extension.load(name="sam3lt_emu", sources=[os.path.join(REPO, "csrc", "emu", "emu_ops.cpp")],
+    parts = [os.path.join(REPO, "csrc", "emu", "emu_ops.cpp")] + sorted(glob.glob(os.path.join(REPO, "csrc", "*.cu")))
+    unit = os.path.join(build, "emu_all.cpp")
+    text = "".join(f'#include "{p}"\n' for p in parts)
+    if not os.path.exists(unit) or open(unit).read() != text:  # rewritten only when the list changes (no rebuild)
+        with open(unit, "w") as f:
+            f.write(text)
+    cpp_extension.load(name="sam3lt_emu", sources=[unit],
                        extra_cflags=["-O2", "-DSAM3LT_EMULATE"], extra_include_paths=[os.path.join(REPO, "csrc")],
                        build_directory=build, is_python_module=False, verbose=False)
 
@@ -417,7 +424,7 @@ def _samples(gen, dtype=torch.float32):
     }
 
 
-@pytest.mark.parametrize("name", _cuda.OPS)
+@pytest.mark.parametrize("name", _cuda.kernel_ops())
 def test_opcheck(gpu_target, name, request):
     args = _samples(_gen(request))[name]
     torch.library.opcheck(getattr(torch.ops.sam3lt_C, name).default, args)
@@ -494,11 +501,11 @@ def _model_parity(device, dtype, rtol, monkeypatch, emulated=False):
     model = sam3lt.Sam3LiteTextModel(config).eval().to(device=device)
     inputs = _model_inputs(config, device)
     calls = []
-    for name in _cuda.OPS + _cuda.TORCH_OPS:
+    for name in _cuda.kernel_ops() + _cuda.torch_ops():
         impl = _backend._REGISTRY[name]["cuda"]
         fn = impl.fn
         if emulated:  # the emulated kernels stand in for the extension, on CPU tensors (torch's ops run as they are)
-            fn = fn if name in _cuda.TORCH_OPS else (lambda n: lambda *a: Target("emulated", "cpu", ()).run(n, *a))(name)
+            fn = fn if name in _cuda.torch_ops() else (lambda n: lambda *a: Target("emulated", "cpu", ()).run(n, *a))(name)
             monkeypatch.setattr(impl, "supports", lambda *a: None)
         monkeypatch.setattr(impl, "fn", (lambda f, n: lambda *a: calls.append(n) or f(*a))(fn, name))
     with torch.no_grad():

@@ -7,9 +7,11 @@ found, as ``setup.py`` would have built it then; skipped (with the reason) only 
 was set, or when neither a toolkit nor a CUDA build of torch is present.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,16 +53,9 @@ def _requirement():
 REQUIRED, NOT_REQUIRED_WHY = _requirement()
 needs_ext = pytest.mark.skipif(_ext.EXT is None and not REQUIRED, reason=NOT_REQUIRED_WHY or "no extension")
 
-SCHEMAS = {
-    "repmixer_dwconv": "sam3lt_C::repmixer_dwconv(Tensor x, Tensor weight, Tensor bias, bool residual) -> Tensor",
-    "window_attention": "sam3lt_C::window_attention(Tensor qkv, Tensor cos, Tensor sin, int num_heads, "
-                        "int window_size, Tensor? pad_value) -> Tensor",
-    "box_bias_attention": "sam3lt_C::box_bias_attention(Tensor q, Tensor k, Tensor v, Tensor bias_y, Tensor bias_x) "
-                          "-> Tensor",
-    "masked_attention": "sam3lt_C::masked_attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask) -> Tensor",
-    "upsample_nearest_add": "sam3lt_C::upsample_nearest_add(Tensor x, Tensor skip) -> Tensor",
-    "masks_to_binary": "sam3lt_C::masks_to_binary(Tensor mask_logits, int[] size, float threshold) -> Tensor",
-}
+# the one op list of the extension (csrc/ops.h: X(name, "(arguments) -> result"))
+SCHEMAS = {name: f"sam3lt_C::{name}{schema}" for name, schema in
+           re.findall(r'X\((\w+), "([^"]*)"\)', (Path(__file__).parents[1] / "csrc" / "ops.h").read_text())}
 
 
 @needs_ext
@@ -70,7 +65,7 @@ def test_extension_is_built_and_imports():
 
     assert C.__torch_version__ == torch.__version__
     assert C.__cuda_archs__ and all(_ext._parse_arch(a) for a in C.__cuda_archs__.split(","))
-    assert set(_cuda.OPS) == set(SCHEMAS)
+    assert set(SCHEMAS) and set(_cuda.kernel_ops()) == set(SCHEMAS)
 
 
 @needs_ext
@@ -197,7 +192,7 @@ def test_forced_cuda_raises_with_reason():
 
 
 def test_every_op_has_a_cuda_implementation():
-    for name in list(_cuda.OPS) + ["mask_product"]:
+    for name in _cuda.kernel_ops() + ["mask_product"]:
         assert "cuda" in _backend._REGISTRY[name], name
     assert not _backend._REGISTRY["mask_product"]["cuda"].auto  # auto keeps torch's matmul (eager)
 

@@ -66,7 +66,7 @@ def test_file_checks_catch_what_was_wrong():
     """The checks above would have failed on the sdist and wheels this project shipped before: no headers, half the
     tests, a top-level kernels package."""
     root = "sam3lt-0.1.0/"
-    old_sdist = [root + f for f in ("setup.py", "csrc/ops.cpp", "csrc/attention.cu", "tests/test_cli.py")]
+    old_sdist = [root + f for f in ("setup.py", "csrc/ops.cpp", "csrc/window_attention.cu", "tests/test_cli.py")]
     problems = check_dist.sdist_problems(old_sdist)
     assert "missing csrc/common.h" in problems and "missing csrc/emu/cuda_emu.h" in problems
     assert "should not ship tests/test_cli.py" in problems

@@ -10,32 +10,30 @@
 
 #include <cstring>
 
-#include "../host.h"
+#include "../ops.h"
 
-// the kernels, compiled for the emulator
-#include "../attention.cu"
-#include "../repmixer.cu"
-#include "../upsample.cu"
+// The kernels (every csrc/*.cu) are compiled into the same unit after this file: the test's build writes one
+// source that includes this file and then each of them, so a new family needs no line here.
 
 namespace {
 
 constexpr int64_t kGuardBytes = 512;
 
-struct Guarded {
+struct GuardedBuffer {
   at::Tensor buffer;
   int64_t nbytes = 0;
 };
-Guarded g_last;
+GuardedBuffer g_last;
 
 at::Tensor guarded_alloc(at::IntArrayRef sizes, const at::TensorOptions& options) {
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;
   const int64_t nbytes = numel * static_cast<int64_t>(c10::elementSize(options.dtype().toScalarType()));
-  g_last = Guarded{};
+  g_last = GuardedBuffer{};
   if (numel == 0) return at::empty(sizes, options);
   at::Tensor buffer = at::empty({nbytes + 2 * kGuardBytes}, options.dtype(at::kByte));
   std::memset(buffer.data_ptr(), 0xFF, static_cast<size_t>(nbytes + 2 * kGuardBytes));
-  g_last = Guarded{buffer, nbytes};
+  g_last = GuardedBuffer{buffer, nbytes};
   return buffer.narrow(0, kGuardBytes, nbytes).view(options.dtype().toScalarType()).view(sizes);
 }
 
@@ -52,7 +50,7 @@ at::Tensor checked(const char* op, const at::Tensor& out) {
       TORCH_CHECK(bytes[kGuardBytes + i] <= 1, op, ": output byte ", i, " was never written");
   }
   at::Tensor result = out.clone();
-  g_last = Guarded{};
+  g_last = GuardedBuffer{};
   return result;
 }
 
@@ -61,39 +59,22 @@ struct UseGuards {
   ~UseGuards() { sam3lt::host::allocator() = nullptr; }
 };
 
-at::Tensor repmixer_dwconv(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, bool residual) {
-  UseGuards g;
-  return checked("repmixer_dwconv", sam3lt::host::repmixer_dwconv(x, weight, bias, residual, nullptr));
-}
+// Runs a host function without a stream; the output sits between guard bytes and is checked after the kernel.
+template <typename Op>
+struct Guarded {
+  template <typename Fn>
+  static at::Tensor run(Fn fn, const at::Tensor&) {
+    UseGuards g;
+    return checked(Op::name, fn(nullptr));
+  }
+};
 
-at::Tensor window_attention(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t num_heads,
-                            int64_t window_size, const std::optional<at::Tensor>& pad_value) {
-  UseGuards g;
-  return checked("window_attention",
-                 sam3lt::host::window_attention(qkv, cos, sin, num_heads, window_size, pad_value, nullptr));
-}
-
-at::Tensor box_bias_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias_y,
-                              const at::Tensor& bias_x) {
-  UseGuards g;
-  return checked("box_bias_attention", sam3lt::host::box_bias_attention(q, k, v, bias_y, bias_x, nullptr));
-}
-
-at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const std::optional<at::Tensor>& key_padding_mask) {
-  UseGuards g;
-  return checked("masked_attention", sam3lt::host::masked_attention(q, k, v, key_padding_mask, nullptr));
-}
-
-at::Tensor upsample_nearest_add(const at::Tensor& x, const at::Tensor& skip) {
-  UseGuards g;
-  return checked("upsample_nearest_add", sam3lt::host::upsample_nearest_add(x, skip, nullptr));
-}
-
-at::Tensor masks_to_binary(const at::Tensor& mask_logits, at::IntArrayRef size, double threshold) {
-  UseGuards g;
-  return checked("masks_to_binary", sam3lt::host::masks_to_binary(mask_logits, size, threshold, nullptr));
-}
+#define SAM3LT_NAME(NAME, SCHEMA) \
+  struct NAME##_op {              \
+    static constexpr const char* name = #NAME; \
+  };
+SAM3LT_OPS(SAM3LT_NAME)
+#undef SAM3LT_NAME
 
 // Thread scheduling of the emulator: 0 forward, 1 reverse, 2 random (seeded).
 void set_schedule(int64_t order, int64_t seed) {
@@ -123,23 +104,14 @@ at::Tensor selftest(int64_t mode) {
 
 }  // namespace
 
+#define SAM3LT_DEF(NAME, SCHEMA) m.def(#NAME SCHEMA);
+#define SAM3LT_EMU(NAME, SCHEMA) m.impl(#NAME, &sam3lt::Bind<&sam3lt::host::NAME, Guarded<NAME##_op>>::call);
+
 TORCH_LIBRARY(sam3lt_emu, m) {
-  m.def("repmixer_dwconv(Tensor x, Tensor weight, Tensor bias, bool residual) -> Tensor");
-  m.def("window_attention(Tensor qkv, Tensor cos, Tensor sin, int num_heads, int window_size, Tensor? pad_value) -> Tensor");
-  m.def("box_bias_attention(Tensor q, Tensor k, Tensor v, Tensor bias_y, Tensor bias_x) -> Tensor");
-  m.def("masked_attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask) -> Tensor");
-  m.def("upsample_nearest_add(Tensor x, Tensor skip) -> Tensor");
-  m.def("masks_to_binary(Tensor mask_logits, int[] size, float threshold) -> Tensor");
+  SAM3LT_OPS(SAM3LT_DEF)
   m.def("set_schedule(int order, int seed) -> ()", &set_schedule);
   m.def("launch_count() -> int", &launch_count);
   m.def("selftest(int mode) -> Tensor", &selftest);
 }
 
-TORCH_LIBRARY_IMPL(sam3lt_emu, CPU, m) {
-  m.impl("repmixer_dwconv", &repmixer_dwconv);
-  m.impl("window_attention", &window_attention);
-  m.impl("box_bias_attention", &box_bias_attention);
-  m.impl("masked_attention", &masked_attention);
-  m.impl("upsample_nearest_add", &upsample_nearest_add);
-  m.impl("masks_to_binary", &masks_to_binary);
-}
+TORCH_LIBRARY_IMPL(sam3lt_emu, CPU, m) { SAM3LT_OPS(SAM3LT_EMU) }

@@ -4,9 +4,9 @@ The extension is loaded by :mod:`sam3lt._ext`, which never raises; when it is mi
 ``supports()`` here returns the recorded reason, so ``auto`` moves on (Triton, then eager) and a forced ``cuda``
 raises :class:`~sam3lt.ops.BackendUnavailable` with it. :func:`status` says whether the backend can run.
 Each op's module registers ``backend(op, supports)`` with the kernel's limits (head dims, int32 sizes) next to the
-op; the checks every kernel shares (extension, dtypes, one CUDA device) are :func:`launch_reason`. Schemas: csrc/ops.cpp.
+op; the checks every kernel shares (extension, dtypes, one CUDA device) are :func:`launch_reason`. Schemas: csrc/ops.h.
 
-Ops without a kernel of their own (:data:`TORCH_OPS`) register :func:`torch_backend`: their eager reference on
+Ops without a kernel of their own (:func:`torch_ops`) register :func:`torch_backend`: their eager reference on
 torch's CUDA kernels (cuBLAS for the GEMMs) with ``auto=False``, so that a model forced to ``cuda`` runs end to end.
 """
 from __future__ import annotations
@@ -18,9 +18,20 @@ from ..kernels import float_tensors_on_one_device
 from ._backend import set_missing_check
 
 _INT32_MAX = 2**31 - 1
-OPS = ("repmixer_dwconv", "window_attention", "box_bias_attention", "masked_attention", "upsample_nearest_add",
-       "masks_to_binary")
-TORCH_OPS = ("mask_product", "add_layer_norm", "linear", "box_bias", "box_refine")
+
+
+_KERNEL_OPS: list[str] = []  # filled by backend(): one entry per op of csrc/ops.h
+_TORCH_OPS: list[str] = []   # filled by torch_backend()
+
+
+def kernel_ops() -> list[str]:
+    """The ops with a kernel in the extension (registered through :func:`backend`; their list is csrc/ops.h)."""
+    return sorted(_KERNEL_OPS)
+
+
+def torch_ops() -> list[str]:
+    """The ops whose cuda backend is their reference on torch's kernels (registered through :func:`torch_backend`)."""
+    return sorted(_TORCH_OPS)
 
 
 def status() -> tuple[bool, str]:
@@ -79,6 +90,7 @@ def head_dim_reason(head_dim: int) -> str | None:
 
 def backend(op: str, supports):
     """(implementation, supports) of ``sam3lt_C::<op>``."""
+    _KERNEL_OPS.append(op)
     if _ext.EXT is None:
         def missing(*args):  # pragma: no cover - supports() rejects first
             raise RuntimeError(f"sam3lt_C::{op}: {extension_reason()}")
@@ -89,4 +101,5 @@ def backend(op: str, supports):
 
 def torch_backend(reference):
     """(implementation, supports) for an op without a kernel: its reference on CUDA tensors (register auto=False)."""
+    _TORCH_OPS.append(reference.__name__.removesuffix("_reference"))  # foo_reference serves op foo
     return reference, lambda *args: launch_reason(args)

@@ -1,4 +1,6 @@
-// Flash-attention forward for the three attention ops (window_attention, box_bias_attention, masked_attention).
+// Flash-attention forward shared by the attention families: window_attention.cu instantiates it for the window
+// mode, cross_attention.cu for the generic mode (box_bias_attention, masked_attention). The mode is a template
+// parameter, so each instantiation carries only its own addressing (fewer registers than one kernel for both).
 //
 // One CTA of 4 warps (128 threads) computes a 64-query tile of one (batch, head[, window]) with an online softmax
 // over 64-key tiles (FA2 forward). Warp w owns query rows [16w, 16w + 16) of the tile; inside a warp, the lane
@@ -28,6 +30,8 @@
 // grid position (wy * win_h + t / win_w, wx * win_w + t % win_w). Tokens with t < T outside the H x W grid are
 // padding: their q/k/v are pad_value (or zeros), they are attended to as keys, and their outputs are dropped.
 // Global attention is one window covering the grid.
+#pragma once
+
 #include "common.h"
 #include "static_switch.h"
 
@@ -74,13 +78,13 @@ struct AttnSmem {
 
 // Channels [d0, d0 + 8) of row `row` of q (role 0), k (1) or v (2), as fp32 (RoPE applied for window q/k);
 // zeros for rows past the sequence and for channels past the head dim.
-template <typename T>
+template <typename T, AttnMode M>
 SAM3LT_DEVICE void load_chunk(const AttnParams& p, int role, int b, int head, int wy0, int wx0, int row, int d0,
                               float (&v)[8]) {
 #pragma unroll
   for (int i = 0; i < 8; ++i) v[i] = 0.0f;
   if (d0 >= p.head_dim) return;  // head_dim is a multiple of 8: a chunk is all inside or all outside
-  if (p.mode == AttnMode::kWindow) {
+  if constexpr (M == AttnMode::kWindow) {
     if (row >= p.T) return;
     const int ty = row / p.win_w;
     const int y = wy0 + ty, x = wx0 + (row - ty * p.win_w);
@@ -130,7 +134,7 @@ SAM3LT_DEVICE float round_bias(float x, DType bias_dtype, DType dtype) {
   return x;
 }
 
-template <typename T, int D>
+template <typename T, int D, AttnMode M>
 __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
   using L = AttnSmem<T, D>;
   constexpr bool k16 = L::k16;
@@ -148,7 +152,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
   const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32;
   const int r = lane >> 1, hf = lane & 1;
-  const bool window = p.mode == AttnMode::kWindow;
+  constexpr bool window = M == AttnMode::kWindow;
 
   // CTA -> (b, head, window, query block); the query block varies fastest so that CTAs running together
   // share K/V in L2.
@@ -171,7 +175,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
   for (int it = tid; it < kBM * kChunks; it += kAttnThreads) {
     const int i = it / kChunks, d0 = (it % kChunks) * 8;
     float v[8];
-    load_chunk<T>(p, 0, b, head, wy0, wx0, m0 + i, d0, v);
+    load_chunk<T, M>(p, 0, b, head, wy0, wx0, m0 + i, d0, v);
     store8(Qs + i * L::LD + d0, v);
   }
   __syncthreads();
@@ -204,9 +208,9 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
     for (int it = tid; it < kBN * kChunks; it += kAttnThreads) {
       const int i = it / kChunks, d0 = (it % kChunks) * 8;
       float v[8];
-      load_chunk<T>(p, 1, b, head, wy0, wx0, n0 + i, d0, v);
+      load_chunk<T, M>(p, 1, b, head, wy0, wx0, n0 + i, d0, v);
       store8(Ks + i * L::LD + d0, v);
-      load_chunk<T>(p, 2, b, head, wy0, wx0, n0 + i, d0, v);
+      load_chunk<T, M>(p, 2, b, head, wy0, wx0, n0 + i, d0, v);
       store8(Vs + i * L::LD + d0, v);
     }
     __syncthreads();
@@ -331,20 +335,15 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
   }
 }
 
-int attention_kernel_head_dim(int d) {
-  if (d <= 0 || d % 8 != 0 || d > 128) return 0;
-  return d <= 16 ? 16 : d <= 32 ? 32 : d <= 64 ? 64 : 128;
-}
-
-template <typename T, int D>
+template <typename T, int D, AttnMode M>
 cudaError_t launch_attention_typed(const AttnParams& p, cudaStream_t stream) {
   using L = AttnSmem<T, D>;
-  const bool window = p.mode == AttnMode::kWindow;
+  constexpr bool window = M == AttnMode::kWindow;
   const int64_t rows = window ? p.T : p.Lq;
   const int64_t blocks = static_cast<int64_t>(p.B) * p.heads * (window ? p.n_win : 1) * ceil_div(rows, kBM);
   if (blocks == 0) return cudaSuccess;
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
-  auto kernel = &attention_kernel<T, D>;
+  auto kernel = &attention_kernel<T, D, M>;
   constexpr size_t smem = L::bytes;
   if (smem > 48 * 1024) {  // opt in to more than 48 KiB of dynamic shared memory, once per device
     static std::atomic<uint64_t> configured{0};
@@ -362,10 +361,11 @@ cudaError_t launch_attention_typed(const AttnParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-cudaError_t launch_attention(const AttnParams& p, cudaStream_t stream) {
+template <AttnMode M>
+cudaError_t launch_flash_attention(const AttnParams& p, cudaStream_t stream) {
   if (attention_kernel_head_dim(p.head_dim) == 0) return cudaErrorInvalidValue;
   return SAM3LT_DTYPE_SWITCH(p.dtype, T, [&] {
-    return SAM3LT_HEADDIM_SWITCH(p.head_dim, D, [&] { return launch_attention_typed<T, D>(p, stream); });
+    return SAM3LT_HEADDIM_SWITCH(p.head_dim, D, [&] { return launch_attention_typed<T, D, M>(p, stream); });
   });
 }
 

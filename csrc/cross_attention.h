@@ -1,0 +1,115 @@
+// Host side of cross_attention.cu: box_bias_attention and masked_attention (checks, parameters, launch, Meta).
+#pragma once
+
+#include "host.h"
+
+namespace sam3lt {
+namespace host {
+
+inline void check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op, ": expects q, k, v of shape (B, heads, L, D)");
+  TORCH_CHECK(k.sizes() == v.sizes() && q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
+              op, ": q ", q.sizes(), ", k ", k.sizes(), ", v ", v.sizes(), " do not match");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), op, ": q, k, v dtypes differ");
+  check_device(op, q, {&k, &v});
+  check_head_dim(op, q.size(3));
+}
+
+inline void fill_generic(AttnParams& p, const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& out) {
+  p.dtype = dtype_code(op, q.scalar_type());
+  check_int(op, q.size(2), "Lq");
+  check_int(op, k.size(2), "Lk");
+  check_int(op, q.size(0) * q.size(1), "batch x heads");
+  p.head_dim = static_cast<int>(q.size(3));
+  p.B = static_cast<int>(q.size(0));
+  p.heads = static_cast<int>(q.size(1));
+  p.Lq = static_cast<int>(q.size(2));
+  p.Lk = static_cast<int>(k.size(2));
+  p.scale_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(p.head_dim)));
+  p.out = out.data_ptr();
+  p.q = q.data_ptr(); p.k = k.data_ptr(); p.v = v.data_ptr();
+  for (int i = 0; i < 4; ++i) {
+    p.s_q[i] = q.stride(i);
+    p.s_k[i] = k.stride(i);
+    p.s_v[i] = v.stride(i);
+  }
+  p.vec_q = vec_ok(q, 3);
+  p.vec_k = vec_ok(k, 3);
+  p.vec_v = vec_ok(v, 3);
+}
+
+inline at::Tensor box_bias_attention(cudaStream_t stream, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const at::Tensor& bias_y, const at::Tensor& bias_x) {
+  const char* op = "sam3lt_C::box_bias_attention";
+  check_qkv(op, q, k, v);
+  TORCH_CHECK(bias_y.dim() == 4 && bias_x.dim() == 4, op, ": expects bias_y (B, heads, Lq, Hg) and bias_x (B, heads, Lq, Wg)");
+  check_device(op, q, {&bias_y, &bias_x});
+  for (int i = 0; i < 3; ++i)
+    TORCH_CHECK(bias_y.size(i) == q.size(i) && bias_x.size(i) == q.size(i), op, ": bias_y / bias_x leading dims must be (B, heads, Lq)");
+  TORCH_CHECK(bias_y.size(3) * bias_x.size(3) == k.size(2), op, ": keys (", k.size(2), ") != Hg * Wg (", bias_y.size(3),
+              " * ", bias_x.size(3), ")");
+  TORCH_CHECK(bias_y.scalar_type() == bias_x.scalar_type(), op, ": bias_y and bias_x dtypes differ");
+  const DType bias_dtype = dtype_code(op, bias_y.scalar_type());
+  at::Tensor out = alloc({q.size(0), q.size(2), q.size(1) * q.size(3)}, q.options());
+  if (out.numel() == 0) return out;
+  if (k.size(2) == 0) return out.zero_();
+  AttnParams p{};
+  fill_generic(p, op, q, k, v, out);
+  const at::Tensor by = bias_y.to(at::kFloat), bx = bias_x.to(at::kFloat);
+  p.bias_y = by.data_ptr<float>();
+  p.bias_x = bx.data_ptr<float>();
+  for (int i = 0; i < 4; ++i) {
+    p.s_by[i] = by.stride(i);
+    p.s_bx[i] = bx.stride(i);
+  }
+  p.Wg = static_cast<int>(bias_x.size(3));
+  p.bias_dtype = bias_dtype;
+  check_launch(op, launch_cross_attention(p, stream));
+  return out;
+}
+
+inline at::Tensor masked_attention(cudaStream_t stream, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const std::optional<at::Tensor>& key_padding_mask) {
+  const char* op = "sam3lt_C::masked_attention";
+  check_qkv(op, q, k, v);
+  at::Tensor mask;
+  if (key_padding_mask.has_value()) {
+    const at::Tensor& m = *key_padding_mask;
+    TORCH_CHECK(m.dim() == 2 && m.size(0) == k.size(0) && m.size(1) == k.size(2), op, ": key_padding_mask must be (B, Lk) = (",
+                k.size(0), ", ", k.size(2), ")");
+    check_device(op, q, {&m});
+    TORCH_CHECK(!m.is_complex(), op, ": unsupported key_padding_mask dtype ", m.scalar_type());
+    mask = m.scalar_type() == at::kBool ? m : m.ne(0);
+  }
+  at::Tensor out = alloc({q.size(0), q.size(2), q.size(1) * q.size(3)}, q.options());
+  if (out.numel() == 0) return out;
+  if (k.size(2) == 0) return out.zero_();
+  AttnParams p{};
+  fill_generic(p, op, q, k, v, out);
+  if (mask.defined()) {
+    p.mask = reinterpret_cast<const uint8_t*>(mask.data_ptr());
+    p.s_mb = mask.stride(0);
+    p.s_mn = mask.stride(1);
+  }
+  check_launch(op, launch_cross_attention(p, stream));
+  return out;
+}
+
+inline at::Tensor attention_out_meta(const char* op, const at::Tensor& q) {
+  TORCH_CHECK(q.dim() == 4, op, ": expects q (B, heads, Lq, D)");
+  return at::empty_symint({q.sym_size(0), q.sym_size(2), q.sym_size(1) * q.sym_size(3)}, q.options());
+}
+
+inline at::Tensor box_bias_attention_meta(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                          const at::Tensor& bias_y, const at::Tensor& bias_x) {
+  return attention_out_meta("sam3lt_C::box_bias_attention", q);
+}
+
+inline at::Tensor masked_attention_meta(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                        const std::optional<at::Tensor>& key_padding_mask) {
+  return attention_out_meta("sam3lt_C::masked_attention", q);
+}
+
+}  // namespace host
+}  // namespace sam3lt
