@@ -63,7 +63,7 @@ def write_bad_images(folder: Path) -> dict[str, str]:
     (folder / "text.png").write_bytes(b"this is not an image\n" * 10)
     (folder / "truncated.jpg").write_bytes(SAMPLE_IMAGE.read_bytes()[:300])
     _photo(700, 700).save(folder / "huge.png")  # above the tests' max_pixels
-    return {"zero.jpg": "", "text.png": "not an image", "truncated.jpg": "", "huge.png": "too large"}
+    return {"zero.jpg": "empty file", "text.png": "not an image", "truncated.jpg": "", "huge.png": "too large"}
 
 
 MAX_PIXELS = 400 * 400  # huge.png (700²) is "too large" under it; the others are below

@@ -108,9 +108,15 @@ def segment_dataset(inputs, text=None, out="sam3lt-out", model=None, *, processo
     workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise UsageError(f"workers: expected a number of processes >= 0, got {workers!r}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device: cuda was asked for but torch sees no CUDA device")
+    if engine == "ray":
+        from .ray_engine import import_ray
+
+        import_ray()  # before any work: without Ray, say how to install it
+        ray_device, device = device, torch.device("cpu")  # the actors pick theirs (a GPU when the cluster has one)
+    else:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError("device: cuda was asked for but torch sees no CUDA device")
     if not (model is None or isinstance(model, (str, os.PathLike, Sam3LiteTextModel, FastSam3LiteText))):
         raise UsageError(f"model: expected a checkpoint path or hub id, a Sam3LiteTextModel or a FastSam3LiteText, "
                          f"got {type(model).__name__}")
@@ -131,7 +137,8 @@ def segment_dataset(inputs, text=None, out="sam3lt-out", model=None, *, processo
     pending = [item for item in items if item.key not in journal.records]
     skipped = len(items) - len(pending)
     random_weights = model is None
-    info = {"text": text, "checkpoint": checkpoint, "random_weights": random_weights, "device": str(device),
+    where = f"ray:{ray_device or 'auto'}" if engine == "ray" else str(device)  # auto: GPU actors if the cluster has GPUs
+    info = {"text": text, "checkpoint": checkpoint, "random_weights": random_weights, "device": where,
             "dtype": settings["dtype"], "threshold": threshold, "mask_threshold": mask_threshold}
     times = dict.fromkeys(STAGES, 0.0)
     interrupted, start = False, time.perf_counter()
@@ -154,7 +161,7 @@ def segment_dataset(inputs, text=None, out="sam3lt-out", model=None, *, processo
             else:
                 from .ray_engine import run_ray
 
-                run_ray(pending, model, processor, writer, device=device, dtype=dtype, fast=fast,
+                run_ray(pending, model, processor, writer, device=ray_device, dtype=dtype, fast=fast,
                         preprocess=preprocess, threshold=threshold, mask_threshold=mask_threshold,
                         prompt_batch=prompt_batch, address=ray_address, actors=ray_actors,
                         actor_cpus=ray_actor_cpus, **common)

@@ -18,6 +18,7 @@ Preprocessing (``preprocess=``):
 from __future__ import annotations
 
 import copy
+import os
 import time
 import warnings
 
@@ -40,6 +41,8 @@ class DecodeError(Exception):
 def decode(path: str, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """The file as a (3, H, W) uint8 RGB tensor, or :class:`DecodeError` saying why not."""
     try:
+        if os.path.getsize(path) == 0:
+            raise DecodeError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # our limit decides, not a warning
             with Image.open(path) as probe:
