@@ -12,6 +12,7 @@ goes through ``torch.library.wrap_triton`` so that the ``sam3lt::`` custom ops s
 - :mod:`.linear`: GEMM with a fused bias / GELU / ReLU / residual epilogue (MLPs).
 - :mod:`.box_bias`: the DETR decoder's box relative-position bias (log deltas + 2-layer MLP), both axes.
 - :mod:`.box_refine`: the DETR decoder's reference-box update (sigmoid of delta + inverse sigmoid) + box sine encoding.
+- :mod:`.rope`: the ViT's RoPE on the q and k parts of fused QKV token sequences, one pass.
 
 Each module also holds its launchers' limits: ``supports_<launcher>(*args) -> None | reason`` checks what that
 kernel cannot take (head dims, taps, devices, int32 indexing) for arguments the op has already validated.

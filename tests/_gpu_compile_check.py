@@ -54,7 +54,7 @@ _driver.set_active(StandInDriver())
 
 import sam3lt.ops as ops  # noqa: E402
 import sam3lt.kernels  # noqa: E402
-from sam3lt.kernels import box_bias, box_refine, cross_attention, layer_norm, linear, repmixer, upsample, window_attention  # noqa: E402,F401
+from sam3lt.kernels import box_bias, box_refine, cross_attention, layer_norm, linear, repmixer, rope, upsample, window_attention  # noqa: E402,F401
 
 MODULES = tuple(importlib.import_module(f"sam3lt.kernels.{family}") for family in sam3lt.kernels.FAMILIES)
 
@@ -126,6 +126,10 @@ def compile_all() -> list[dict]:
             box_refine.box_refine(e(1, 200, 4), e(1, 200, 4), 128)
             case = f"DETR decoder box refine, 16 prompts, expanded boxes, num_feats 6 {dtype}"
             box_refine.box_refine(e(16, 200, 4), e(1, 200, 4).expand(16, 200, 4), 6)
+            case = f"ViT RoPE on fused QKV, global 72x72 {dtype}"
+            rope.rope_qkv(e(1, 5184, 3072), e(5184, 64, dt=f32), e(5184, 64, dt=f32), 16)
+            case = f"ViT RoPE on fused QKV, 9 windows of 24x24 {dtype}"
+            rope.rope_qkv(e(9, 576, 3072), e(576, 64, dt=f32), e(576, 64, dt=f32), 16)
     finally:
         for m, launch in zip(MODULES, saved):
             m.launch = launch

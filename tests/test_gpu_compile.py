@@ -35,4 +35,4 @@ def test_kernels_compile_for_sm90_and_ops_trace():
     kernels = {c["kernel"] for c in report["compiled"]}
     assert kernels == {"_dwconv_kernel", "_window_attn_kernel", "_attn_kernel", "_nearest_add_kernel",
                        "_mask_product_kernel", "_masks_to_binary_kernel", "_add_ln_kernel", "_linear_kernel",
-                       "_box_bias_kernel", "_box_refine_kernel"}, kernels
+                       "_box_bias_kernel", "_box_refine_kernel", "_rope_qkv_kernel"}, kernels

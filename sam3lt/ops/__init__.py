@@ -15,6 +15,7 @@ from .layer_norm import add_layer_norm, add_layer_norm_module, add_layer_norm_re
 from .linear import linear, linear_reference
 from .repmixer import (repmixer_block_dwconv, repmixer_block_dwconv_reference, repmixer_dwconv,
                        repmixer_dwconv_reference)
+from .rope import rope_qkv, rope_qkv_reference
 from .upsample import (mask_product, mask_product_reference, masks_to_binary, masks_to_binary_reference,
                        upsample_nearest_add, upsample_nearest_add_reference)
 from .window_attention import apply_rope, rotate_pairwise, window_attention, window_attention_reference
@@ -31,4 +32,5 @@ __all__ = [
     "linear", "linear_reference",
     "box_bias", "box_bias_reference",
     "box_refine", "box_refine_reference",
+    "rope_qkv", "rope_qkv_reference",
 ]
