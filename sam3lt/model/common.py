@@ -98,47 +98,33 @@ class Attention(nn.Module):
 
     def project(self, query, key, value):
         heads = self.num_heads
-        if self.qkv_weight is not None and (query is key or key is value):
+        if self.qkv_weight is not None and query is key:
             w, b, d = self.qkv_weight, self.qkv_bias, self.qkv_weight.shape[0] // 3
-            if query is key and key is value:
+            if key is value:
                 q, k, v = F.linear(query, w, b).chunk(3, dim=-1)
-            elif query is key:
-                (q, k), v = F.linear(query, w[:2 * d], b[:2 * d]).chunk(2, dim=-1), self.v_proj(value)
             else:
-                q, (k, v) = self.q_proj(query), F.linear(key, w[d:], b[d:]).chunk(2, dim=-1)
+                (q, k), v = F.linear(query, w[:2 * d], b[:2 * d]).chunk(2, dim=-1), self.v_proj(value)
             return split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
-        return (split_heads(self.q_proj(query), heads), split_heads(self.k_proj(key), heads),
-                split_heads(self.v_proj(value), heads))
+        return (split_heads(self.q_proj(query), heads), *self.project_kv(key, value))
+
+    def project_kv(self, key, value):
+        """The keys and values of a memory, projected and split into heads (one GEMM when ``key is value`` after
+        :meth:`fuse_projections`)."""
+        if self.qkv_weight is not None and key is value:
+            d = self.qkv_weight.shape[0] // 3
+            k, v = F.linear(key, self.qkv_weight[d:], self.qkv_bias[d:]).chunk(2, dim=-1)
+        else:
+            k, v = self.k_proj(key), self.v_proj(value)
+        return split_heads(k, self.num_heads), split_heads(v, self.num_heads)
 
     def forward(self, query, key, value, key_padding_mask=None):
         q, k, v = self.project(query, key, value)
         return self.o_proj(ops.masked_attention(q, k, v, key_padding_mask))
 
     def attend(self, query, k, v, key_padding_mask=None):
-        """Attention of ``query`` over keys and values already projected and split into heads (StackedKV)."""
+        """Attention of ``query`` over a memory's keys and values, already projected (:meth:`project_kv`)."""
         q = split_heads(self.q_proj(query), self.num_heads)
         return self.o_proj(ops.masked_attention(q, k, v, key_padding_mask))
-
-
-class StackedKV(nn.Module):
-    """The k and v projections of several attention layers that attend to the same keys and values (the DETR
-    layers' text or image memory), stacked: two GEMMs for all the layers instead of two per layer. For inference
-    with frozen weights (copies of the weights; small: 2·L·D² values); not in the state dict."""
-
-    def __init__(self, attns: list[Attention]):
-        super().__init__()
-        self.num_heads, self.width = attns[0].num_heads, attns[0].k_proj.weight.shape[0]
-        for name in ("k", "v"):
-            layers = [getattr(a, f"{name}_proj") for a in attns]
-            self.register_buffer(f"{name}_weight", torch.cat([p.weight.detach() for p in layers]), persistent=False)
-            self.register_buffer(f"{name}_bias", torch.cat([p.bias.detach() for p in layers]), persistent=False)
-
-    def forward(self, key, value) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer (k, v), split into heads (strided views of the two stacked outputs)."""
-        keys, values = F.linear(key, self.k_weight, self.k_bias), F.linear(value, self.v_weight, self.v_bias)
-        d, heads = self.width, self.num_heads
-        return [(split_heads(keys[..., i * d:(i + 1) * d], heads), split_heads(values[..., i * d:(i + 1) * d], heads))
-                for i in range(self.k_weight.shape[0] // d)]
 
 
 class MLP(nn.Module):

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..config import Sam3LiteTextDETRDecoderConfig
-from .common import MLP, Attention, DecoderMLP, StackedKV, encode_boxes_sine, split_heads
+from .common import MLP, Attention, DecoderMLP, encode_boxes_sine, split_heads
+from .fusion import StackedKV, memory_kv
 
 STACKED_KV_MAX_BYTES = 512 * 2**20  # image keys/values of all decoder layers at once up to this size
 
@@ -28,21 +29,18 @@ class DetrDecoderLayer(nn.Module):
         self.mlp = MLP(d, config.intermediate_size, config.hidden_act)
         self.mlp_layer_norm = nn.LayerNorm(d)
 
-    def forward(self, x, query_pos, text, text_mask, vision, vision_key, bias_y, bias_x, text_kv=None,
-                vision_kv=None):
-        """text_kv / vision_kv: this layer's text / image keys and values when already projected (StackedKV)."""
+    def forward(self, x, query_pos, text_kv, text_mask, vision_kv, bias_y, bias_x):
+        """text_kv / vision_kv: this layer's keys and values of the text and image tokens
+        (``text_cross_attn.project_kv(text, text)``, ``vision_cross_attn.project_kv(vision + pos, vision)``; the
+        decoder projects all layers' at once where it can)."""
         # post-norm: each residual add and the LayerNorm after it are one op (the sum itself is not needed)
         q = x + query_pos
         x = ops.add_layer_norm_module(x, self.self_attn(q, q, x), self.self_attn_layer_norm)[1]
         q = x + query_pos
-        text_out = (self.text_cross_attn(q, text, text, text_mask) if text_kv is None else
-                    self.text_cross_attn.attend(q, *text_kv, text_mask))
-        x = ops.add_layer_norm_module(x, text_out, self.text_cross_attn_layer_norm)[1]
+        x = ops.add_layer_norm_module(x, self.text_cross_attn.attend(q, *text_kv, text_mask),
+                                      self.text_cross_attn_layer_norm)[1]
         attn = self.vision_cross_attn
-        if vision_kv is None:
-            q, k, v = attn.project(x + query_pos, vision_key, vision)
-        else:
-            q, (k, v) = split_heads(attn.q_proj(x + query_pos), attn.num_heads), vision_kv
+        q, (k, v) = split_heads(attn.q_proj(x + query_pos), attn.num_heads), vision_kv
         x = ops.add_layer_norm_module(x, attn.o_proj(ops.box_bias_attention(q, k, v, bias_y, bias_x)),
                                       self.vision_cross_attn_layer_norm)[1]
         return ops.add_layer_norm_module(x, self.mlp(x), self.mlp_layer_norm)[1]
@@ -118,18 +116,17 @@ class DetrDecoder(nn.Module):
         ref_boxes, hidden = [boxes], [x]  # hidden: input, then each layer
         cache = self._first_layer_cache
         key = (height, width, boxes.dtype, boxes.device)
-        num_feats, encoding, layers = x.shape[-1] // 2, None, len(self.layers)
-        text_kv = self.stacked_text_kv(text, text) if self.stacked_text_kv is not None else [None] * layers
+        num_feats, encoding = x.shape[-1] // 2, None
+        text_kv = memory_kv([layer.text_cross_attn for layer in self.layers], text, text, self.stacked_text_kv)
         # all layers' image keys/values at once: 2·L·B·H·W·D values, so only up to a bound (many prompts: per layer)
-        stack = (self.stacked_vision_kv is not None
-                 and 2 * layers * vision.numel() * vision.element_size() <= STACKED_KV_MAX_BYTES)
-        vision_kv = self.stacked_vision_kv(vision_key, vision) if stack else [None] * layers
+        vision_kv = memory_kv([layer.vision_cross_attn for layer in self.layers], vision_key, vision,
+                              self.stacked_vision_kv, STACKED_KV_MAX_BYTES)
         for i, layer in enumerate(self.layers):
             if i == 0 and cache is not None and cache[0] == key:
                 query_pos, bias_y, bias_x = (t.expand(batch, *t.shape[1:]) for t in cache[1])
             else:
                 query_pos, bias_y, bias_x = self._layer_inputs(boxes, height, width, num_feats, encoding)
-            x = layer(x, query_pos, text, text_mask, vision, vision_key, bias_y, bias_x, text_kv[i], vision_kv[i])
+            x = layer(x, query_pos, text_kv[i], text_mask, vision_kv[i], bias_y, bias_x)
             if output_hidden_states:
                 hidden.append(x)
             queries = self.output_layer_norm(x[:, 1:])

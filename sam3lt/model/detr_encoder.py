@@ -6,15 +6,17 @@ import torch.nn as nn
 
 from .. import ops
 from ..config import Sam3LiteTextDETREncoderConfig
-from .common import PreNormAttentionLayer, StackedKV
+from .common import PreNormAttentionLayer
+from .fusion import StackedKV, memory_kv
 
 
 class DetrEncoderLayer(PreNormAttentionLayer):
     def __init__(self, config: Sam3LiteTextDETREncoderConfig):
         super().__init__(config.hidden_size, config.num_attention_heads, config.intermediate_size, config.hidden_act)
 
-    def forward(self, x, pos, prompt, prompt_mask, prompt_kv=None):
-        """prompt_kv: this layer's prompt keys and values when already projected (StackedKV)."""
+    def forward(self, x, pos, prompt_kv, prompt_mask):
+        """prompt_kv: the prompt tokens' keys and values for this layer (``cross_attn.project_kv(prompt, prompt)``;
+        the encoder projects all layers' at once)."""
         # One image broadcast to many prompts (a stride-0 batch, the first layer's input): the self-attention
         # of the image tokens does not depend on the prompt yet, so it runs once and is broadcast.
         if x.shape[0] > 1 and x.stride(0) == 0 and pos.stride(0) == 0:
@@ -26,9 +28,7 @@ class DetrEncoderLayer(PreNormAttentionLayer):
         attn = self.self_attn(hp, hp, h)
         # pre-norm: each residual add and the next LayerNorm are one op (ops.add_layer_norm)
         x, h = ops.add_layer_norm_module(x, attn.expand_as(x), self.layer_norm2)
-        cross = (self.cross_attn(h, prompt, prompt, prompt_mask) if prompt_kv is None else
-                 self.cross_attn.attend(h, *prompt_kv, prompt_mask))
-        x, h = ops.add_layer_norm_module(x, cross, self.layer_norm3)
+        x, h = ops.add_layer_norm_module(x, self.cross_attn.attend(h, *prompt_kv, prompt_mask), self.layer_norm3)
         return x + self.mlp(h)
 
 
@@ -48,9 +48,9 @@ class DetrEncoder(nn.Module):
         x = feats.flatten(2).transpose(1, 2)
         pos = pos.flatten(2).transpose(1, 2)
         hidden = [x]  # as HF: the input first, then every layer's output
-        kv = self.stacked_prompt_kv(prompt, prompt) if self.stacked_prompt_kv is not None else [None] * len(self.layers)
-        for layer, prompt_kv in zip(self.layers, kv):
-            x = layer(x, pos, prompt, prompt_mask, prompt_kv)
+        kv = memory_kv([layer.cross_attn for layer in self.layers], prompt, prompt, self.stacked_prompt_kv)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, pos, kv[i], prompt_mask)
             if output_hidden_states:
                 hidden.append(x)
         return x, pos, tuple(hidden) if output_hidden_states else None

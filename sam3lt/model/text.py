@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..config import Sam3LiteTextTextConfig
 from .common import MLP, activation, split_heads
+from .fusion import prenorm_stack
 
 
 class TextAttention(nn.Module):
@@ -41,18 +42,9 @@ class TextEncoderLayer(nn.Module):
         self.mlp = MLP(config.hidden_size, config.intermediate_size, config.hidden_act)
 
     def forward(self, x, key_padding_mask):
-        return self.forward_fused(x, None, key_padding_mask)[0]
-
-    def forward_fused(self, x, h, key_padding_mask, next_norm: nn.LayerNorm | None = None):
-        """The layer with each residual add fused into the LayerNorm after it (``ops.add_layer_norm``): ``h`` is
-        ``layer_norm1(x)`` when the previous layer produced it (else None); returns the output and
-        ``next_norm(output)`` (None without ``next_norm``)."""
-        if h is None:
-            h = self.layer_norm1(x)
-        x, h = ops.add_layer_norm_module(x, self.self_attn(h, key_padding_mask), self.layer_norm2)
-        if next_norm is None:
-            return x + self.mlp(h), None
-        return ops.add_layer_norm_module(x, self.mlp(h), next_norm)
+        # pre-norm; TextEncoder runs the stack with each add fused into the next LayerNorm (model/fusion.py)
+        x = x + self.self_attn(self.layer_norm1(x), key_padding_mask)
+        return x + self.mlp(self.layer_norm2(x))
 
 
 # ---- RepMixer: HF's unfolded modules (kept only when folding is switched off) -------------------------
@@ -225,19 +217,9 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids, attention_mask=None, output_hidden_states: bool = False):
         x = self.embeddings(input_ids)
         key_padding_mask = None if attention_mask is None else attention_mask.bool()
-        hidden = [x]  # as HF: the embeddings first, then every layer's output
-        layers, h = self.layers, None
-        for i, layer in enumerate(layers):
-            if isinstance(layer, TextEncoderLayer):  # its last add is fused with the next LayerNorm, if any
-                after = layers[i + 1] if i + 1 < len(layers) else None
-                next_norm = (self.final_layer_norm if after is None else
-                             after.layer_norm1 if isinstance(after, TextEncoderLayer) else None)
-                x, h = layer.forward_fused(x, h, key_padding_mask, next_norm)
-            else:
-                x, h = layer(x, key_padding_mask), None
-            if output_hidden_states:
-                hidden.append(x)
-        last = self.final_layer_norm(x) if h is None else h  # h: the final LayerNorm, fused with the last add
+        hidden = [x] if output_hidden_states else None  # as HF: the embeddings, then every layer's output
+        _, last = prenorm_stack(self.layers, x, lambda layer, h: layer.self_attn(h, key_padding_mask),
+                                self.final_layer_norm, lambda block, x: block(x, key_padding_mask), hidden)
         return last, tuple(hidden) if output_hidden_states else None
 
     def pooled(self, last_hidden_state, input_ids):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..config import Sam3ViTConfig, Sam3VisionConfig
 from .common import MLP, ModelOutputMixin, sine_position_grid
+from .fusion import prenorm_stack
 
 
 def rope_tables(config: Sam3ViTConfig, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,16 +56,9 @@ class ViTLayer(nn.Module):
         self.mlp = MLP(config.hidden_size, config.intermediate_size, config.hidden_act)
 
     def forward(self, x, cos, sin):
-        return self.forward_fused(x, self.layer_norm1(x), cos, sin)[0]
-
-    def forward_fused(self, x, h, cos, sin, next_norm: nn.LayerNorm | None = None):
-        """The block with its residual adds fused into the LayerNorms that follow them. ``h`` is
-        ``layer_norm1(x)`` (the previous block's fused output); returns the block output and
-        ``next_norm(output)`` (None without ``next_norm``), the next block's ``h``."""
-        x, h = ops.add_layer_norm_module(x, self.attention(h, cos, sin, self.window_size), self.layer_norm2)
-        if next_norm is None:
-            return x + self.mlp(h), None
-        return ops.add_layer_norm_module(x, self.mlp(h), next_norm)
+        # pre-norm; ViTModel runs the stack with each add fused into the next LayerNorm (model/fusion.py)
+        x = x + self.attention(self.layer_norm1(x), cos, sin, self.window_size)
+        return x + self.mlp(self.layer_norm2(x))
 
 
 class PatchEmbeddings(nn.Module):
@@ -125,19 +119,14 @@ class ViTModel(nn.Module):
 
     def forward(self, pixel_values, output_hidden_states: bool = False):
         x = self.layer_norm(self.embeddings(pixel_values))  # (B, H, W, C)
-        hidden_states = [x]  # as HF: the layers' input first, then every layer's output
-        layers = self.layers
-        h = layers[0].layer_norm1(x) if len(layers) else None
-        for i, layer in enumerate(layers):
-            # each MLP residual add is fused with the next layer's layer_norm1; the last one is a plain add
-            next_norm = layers[i + 1].layer_norm1 if i + 1 < len(layers) else None
-            if layer.window_size > 0:
-                x, h = layer.forward_fused(x, h, self.rope_window_cos, self.rope_window_sin, next_norm)
-            else:
-                x, h = layer.forward_fused(x, h, self.rope_global_cos, self.rope_global_sin, next_norm)
-            if output_hidden_states:
-                hidden_states.append(x)
+        hidden_states = [x] if output_hidden_states else None  # as HF: the layers' input, then each layer's output
+        x, _ = prenorm_stack(self.layers, x, self._attend, hidden=hidden_states)
         return x, tuple(hidden_states) if output_hidden_states else None
+
+    def _attend(self, layer: ViTLayer, h):
+        if layer.window_size > 0:
+            return layer.attention(h, self.rope_window_cos, self.rope_window_sin, layer.window_size)
+        return layer.attention(h, self.rope_global_cos, self.rope_global_sin, 0)
 
 
 class FPNLayer(nn.Module):
