@@ -378,10 +378,19 @@ def test_goals_not_measured_reasons():
 
 
 def test_launch_counts_per_stage():
-    """bench/launches.py: kernels per fast-path stage, eager on the CPU and all-Triton on fake CUDA tensors."""
-    from bench import launches
+    """bench/launches.py: kernels per fast-path stage, eager on the CPU and all-Triton on fake CUDA tensors.
 
-    eager = launches.count(layers=1, image_size=168)
-    triton = launches.count(layers=1, image_size=168, triton=True)
+    Counted in a fresh interpreter without TRITON_INTERPRET: how this process first imported triton is
+    process-wide (a kernel test module run earlier builds the kernels for the interpreter, which refuses the
+    bf16 fake-CUDA tensors), and TRITON_INTERPRET=1 would make ``auto`` pick the interpreter for the CPU count."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    code = ("import json; from bench import launches; print(json.dumps({'eager': launches.count(layers=1, "
+            "image_size=168), 'triton': launches.count(layers=1, image_size=168, triton=True)}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    counts = json.loads(proc.stdout.splitlines()[-1])
+    eager, triton = counts["eager"], counts["triton"]
     for stage in ("vision", "text", "heads"):
         assert 0 < triton[stage]["kernels"] < eager[stage]["kernels"], (stage, eager[stage], triton[stage])
