@@ -197,29 +197,44 @@ def decode_error_reason(err: Exception) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------- bench
+BENCH_MISSING = ("bench: the benchmark suite is not installed with sam3lt; run it from a source checkout "
+                 "(python -m bench in the repository root, or sam3lt bench from there)")
+
+
 def bench_suite():
-    """The benchmark suite (``bench/suite.py`` of the source checkout; it is not installed with the package),
-    imported as ``sam3lt_bench``, or None when this sam3lt is not a source checkout. ``SAM3LT_BENCH_DIR`` may
-    point at another ``bench`` folder."""
+    """The benchmark suite: the ``bench.suite`` module of a source checkout (it is not installed with the package),
+    imported by its name, or None where there is none. ``bench`` is looked up on ``sys.path`` as it is (``python -m
+    sam3lt bench`` or ``python -m bench`` in the checkout), then, for the ``sam3lt`` script, in the working
+    directory when it is a checkout (put on ``sys.path`` as ``python -m`` does). ``SAM3LT_BENCH_DIR``: a folder
+    named ``bench`` to use instead; its parent is put first on ``sys.path``."""
     import importlib
-    import importlib.util
     import os
 
-    if "sam3lt_bench.suite" in sys.modules:
-        return sys.modules["sam3lt_bench.suite"]
-    folder = Path(os.environ.get("SAM3LT_BENCH_DIR") or Path(__file__).resolve().parent.parent / "bench")
-    if not (folder / "suite.py").is_file():
-        return None
-    spec = importlib.util.spec_from_file_location("sam3lt_bench", folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
-    package = importlib.util.module_from_spec(spec)
-    sys.modules["sam3lt_bench"] = package
-    try:
-        spec.loader.exec_module(package)
-        return importlib.import_module("sam3lt_bench.suite")
-    except Exception:
-        sys.modules.pop("sam3lt_bench", None)
-        raise
+    override = os.environ.get("SAM3LT_BENCH_DIR")
+    if override:
+        folder = Path(override).absolute()
+        if folder.name != "bench" or not (folder / "suite.py").is_file():
+            return None
+        roots = [folder.parent]
+    else:
+        roots = [None, Path.cwd()]  # None: sys.path as it is
+    for root in roots:
+        if root is not None:
+            if not (root / "bench" / "suite.py").is_file():
+                continue
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+        try:
+            suite = importlib.import_module("bench.suite")
+        except ModuleNotFoundError as err:
+            if err.name in ("bench", "bench.suite"):  # no bench package there, or another project's
+                continue
+            raise
+        if override and Path(suite.__file__).parent != folder:
+            raise ImportError(f"SAM3LT_BENCH_DIR={override}: bench is already imported from "
+                              f"{Path(suite.__file__).parent}")
+        return suite
+    return None
 
 
 def _add_bench(subparsers) -> None:
@@ -231,8 +246,7 @@ def _add_bench(subparsers) -> None:
                               description=description)
     try:  # never let the suite break the other subcommands
         suite = bench_suite()
-        error = None if suite else ("bench: the benchmark suite lives in the bench/ folder of a source checkout "
-                                    "(pip install -e .), which this install does not have")
+        error = None if suite else BENCH_MISSING
     except Exception as err:
         suite, error = None, f"bench: the benchmark suite failed to import ({type(err).__name__}: {err})"
     if suite is None:

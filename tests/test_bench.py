@@ -181,22 +181,52 @@ def test_update_readme_includes_the_run(quick_run, tmp_path):
 
 
 def test_scenarios_share_the_single_prompt_case():
-    e2e = sys.modules["sam3lt_bench.e2e"] if "sam3lt_bench.e2e" in sys.modules else None
-    if e2e is None:
-        bench_suite()
-        import importlib
-
-        e2e = importlib.import_module("sam3lt_bench.e2e")
+    e2e = _bench_module("e2e")
     got = e2e.scenarios([1, 4, 8], [1, 4, 16, 64])
     assert got.count(("images", 1, 1)) == 1 and ("prompts", 1, 1) not in got
     assert [g for g in got if g[0] == "prompts"] == [("prompts", 1, 4), ("prompts", 1, 16), ("prompts", 1, 64)]
 
 
-def test_bench_without_a_source_checkout(tmp_path):
-    env = {**os.environ, "SAM3LT_BENCH_DIR": str(tmp_path / "nowhere")}
-    proc = subprocess.run([sys.executable, "-m", "sam3lt.cli", "bench", "--quick"], capture_output=True, text=True,
-                          env=env, timeout=120)
-    assert proc.returncode == 2 and "source checkout" in proc.stderr
+def _sam3lt(args, cwd, **env):
+    """``python -m sam3lt ARGS`` in ``cwd`` (the installed sam3lt; no PYTHONPATH, no SAM3LT_BENCH_DIR unless given)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SAM3LT_BENCH_DIR")}
+    return subprocess.run([sys.executable, "-m", "sam3lt", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**base, **env}, timeout=300)
+
+
+def test_bench_suite_is_the_bench_package():
+    """Imported by its name (one module per file, shared with ``python -m bench`` and the tests), not by path."""
+    suite = bench_suite()
+    assert suite is sys.modules["bench.suite"] and Path(suite.__file__).parent == ROOT / "bench"
+    assert not [name for name in sys.modules if name.startswith("sam3lt_bench")]
+
+
+@pytest.mark.parametrize("where", ["elsewhere", "missing SAM3LT_BENCH_DIR"])
+def test_bench_without_a_source_checkout(tmp_path, where):
+    env = {"SAM3LT_BENCH_DIR": str(tmp_path / "bench")} if where != "elsewhere" else {}
+    proc = _sam3lt(["bench", "--quick"], tmp_path, **env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "run it from a source checkout" in lines[0] and "python -m bench" in lines[0], lines
+
+
+def test_bench_found_from_the_checkout_and_from_sam3lt_bench_dir(tmp_path):
+    """``sam3lt bench`` with the checkout as the working directory (the console script: the checkout is not on
+    sys.path until the command puts it there), and SAM3LT_BENCH_DIR naming a ``bench`` folder elsewhere."""
+    script = Path(sys.executable).parent / "sam3lt"
+    if script.is_file():
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SAM3LT_BENCH_DIR")}
+        proc = subprocess.run([str(script), "bench", "--help"], capture_output=True, text=True, cwd=ROOT, env=env,
+                              timeout=300)
+        assert proc.returncode == 0 and "--families" in proc.stdout, proc.stderr[-3000:]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "bench").symlink_to(ROOT / "bench", target_is_directory=True)
+    code = ("import sys; from sam3lt.cli import bench_suite; s = bench_suite(); print(s.__file__); "
+            "sys.exit(0 if s else 3)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "PYTHONPATH": "", "SAM3LT_BENCH_DIR": str(tmp_path / "other" / "bench")})
+    assert proc.returncode == 0 and proc.stdout.strip() == str(tmp_path / "other" / "bench" / "suite.py"), (
+        proc.stdout + proc.stderr[-3000:])
 
 
 def test_gpu_check_script_is_valid_bash():
@@ -232,8 +262,8 @@ def test_gpu_check_cpu_dry_run(tmp_path):
 def _bench_module(name):
     import importlib
 
-    bench_suite()
-    return importlib.import_module(f"sam3lt_bench.{name}")
+    assert bench_suite() is not None
+    return importlib.import_module(f"bench.{name}")
 
 
 def test_fast_section_records(quick_run):

@@ -214,7 +214,7 @@ def _bench_families():
 
     if bench_suite() is None:
         pytest.skip("the benchmark suite is in the source checkout only")
-    return list(importlib.import_module("sam3lt_bench.ops").FAMILIES)
+    return list(importlib.import_module("bench.ops").FAMILIES)
 
 
 def test_bench_families_listed_and_accepted(capsys):
