@@ -41,7 +41,7 @@ LEFT_OUT = "sam3lt: installing without the CUDA extension sam3lt._C: "
 def expected_sources() -> set[str]:
     """The files an sdist must hold, relative to its root: the build files, every CUDA source and header (csrc/,
     csrc/emu/) and every module of the package (sam3lt/ and kernels/, under src/sam3lt)."""
-    files = {"setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "src/sam3lt/assets/NOTICE.txt"}
+    files = {"setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "src/sam3lt/assets/NOTICE.txt"}
     for path in (REPO / "csrc").rglob("*"):
         if path.is_file():
             files.add(path.relative_to(REPO).as_posix())
@@ -73,6 +73,8 @@ def wheel_problems(names: list[str], *, with_extension: bool) -> list[str]:
     need = {f"sam3lt/kernels/{p.name}" for p in (REPO / "kernels").glob("*.py")} | {"sam3lt/__init__.py",
                                                                                    "sam3lt/assets/NOTICE.txt"}
     problems += [f"missing {f}" for f in sorted(need - set(names))]
+    if not any(n.startswith(f"{NAME}-") and n.endswith(".dist-info/licenses/LICENSE") for n in names):
+        problems.append("missing the license file .dist-info/licenses/LICENSE")
     problems += [f"should not ship {n}" for n in names if _junk(n)]
     has_ext = any(n.startswith("sam3lt/_C.") and n.endswith(".so") for n in names)
     if has_ext != with_extension:
