@@ -4,8 +4,11 @@ Run as a script in a process where triton is *not* in interpreter mode (``tests/
 
     python tests/_gpu_compile_check.py [capability, default 90]
 
-1. A stand-in Triton driver reports a CUDA target of the given capability; each launcher of
-   ``sam3lt.kernels`` runs at the model's real shapes (and odd ones) with ``launch`` replaced by
+Registers, spills, SASS and occupancy at the model's launches are the static audit's (``python -m bench.static``,
+tests/test_static_audit.py); this script keeps the compile-every-dtype and tracing checks.
+
+1. A stand-in Triton driver (``bench.static.triton_audit``) reports a CUDA target of the given capability; each
+   launcher of ``sam3lt.kernels`` runs at the model's real shapes (and odd ones) with ``launch`` replaced by
    ``kernel.warmup``, which compiles through TTIR/TTGIR/LLVM/PTX and ``ptxas`` to a cubin without launching.
    Checked: it compiles, and shared memory fits the target.
 2. With fake CUDA tensors, ``aot_function`` traces a function calling each public op with the triton
@@ -26,31 +29,15 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.runtime import driver as _driver  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout, for bench/
+from bench.static.triton_audit import install_driver  # noqa: E402
 
 CAPABILITY = int(sys.argv[1]) if len(sys.argv) > 1 else 90
 # largest shared memory one block may use (opt-in): sm_80 163 KiB, sm_86/89 99 KiB, sm_90 227 KiB
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}.get(CAPABILITY, 101376)
 
-
-class StandInDriver:
-    """Just enough of a Triton driver for compiling (never for launching)."""
-
-    def get_current_target(self):
-        return GPUTarget("cuda", CAPABILITY, 32)
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_active_torch_device(self):
-        return torch.device("cuda", 0)
-
-
-_driver.set_active(StandInDriver())
+install_driver(CAPABILITY)  # the stand-in driver of the static audit (bench/static)
 
 import sam3lt.ops as ops  # noqa: E402
 import sam3lt.kernels  # noqa: E402

@@ -1,0 +1,167 @@
+"""CUDA kernels (every ``csrc/*.cu``, found by glob) compiled with ``nvcc -cubin -arch=sm_XX -Xptxas -v``.
+
+Each instantiation the launchers reach gets its ptxas report and SASS counts. The grids at the model's shapes
+come from the recorded op calls through :data:`LAUNCH_MODELS`, which mirror the host launchers (csrc); a model
+that no longer finds its kernel or its constants in the sources reports the grid as unknown rather than guess.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import glob
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+from . import metrics
+
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "csrc")
+CTYPES = {"bfloat16": "__nv_bfloat16", "float16": "__half", "float32": "float"}
+
+
+def nvcc_path() -> str:
+    for cand in (os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc"), shutil.which("nvcc")):
+        if cand and os.path.isfile(cand):
+            return cand
+    raise FileNotFoundError("nvcc not found (set CUDA_HOME)")
+
+
+def _compile(src: str, cc: int, out_dir: str, nvcc: str) -> tuple[str, str]:
+    cubin = os.path.join(out_dir, os.path.basename(src) + f".sm{cc}.cubin")
+    cmd = [nvcc, "-cubin", f"-arch=sm_{cc}", "-O3", "-std=c++17", "-Xptxas", "-v", "-I", CSRC, "-o", cubin, src]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"nvcc failed on {src}:\n{proc.stderr[-3000:]}")
+    return cubin, proc.stderr + proc.stdout
+
+
+def demangle(names: list[str]) -> dict[str, str]:
+    if not names or not shutil.which("c++filt"):
+        return {n: n for n in names}
+    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    return dict(zip(names, out)) if len(out) == len(names) else {n: n for n in names}
+
+
+def source_constants(sources: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """``constexpr int kName = N`` values and each kernel's ``__launch_bounds__`` thread count."""
+    text = "\n".join(open(s, encoding="utf-8").read() for s in sources)
+    consts = {m.group(1): int(m.group(2)) for m in re.finditer(r"constexpr\s+int\s+(\w+)\s*=\s*(\d+)\s*;", text)}
+    bounds = {}
+    for m in re.finditer(r"__launch_bounds__\((\w+)\)\s+(\w+)\s*\(", text):
+        value = consts.get(m.group(1), int(m.group(1)) if m.group(1).isdigit() else None)
+        if value:
+            bounds[m.group(2)] = value
+    return consts, bounds
+
+
+def compile_all(cc: int, cuobjdump: str, jobs: int = 2) -> list[dict]:
+    """One entry per compiled kernel function: file, name, demangled name, ptxas report, SASS counts, threads."""
+    sources = sorted(glob.glob(os.path.join(CSRC, "*.cu")))
+    if not sources:
+        raise FileNotFoundError(f"no CUDA sources in {CSRC}")
+    nvcc = nvcc_path()
+    _, bounds = source_constants(sources + sorted(glob.glob(os.path.join(CSRC, "*.cuh"))))
+    entries = []
+    with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        for src, (cubin, log) in zip(sources, pool.map(lambda s: _compile(s, cc, tmp, nvcc), sources)):
+            ptxas = metrics.parse_ptxas(log)
+            sass = metrics.sass_of(cubin, cuobjdump)
+            names = demangle(list(ptxas))
+            for name, info in ptxas.items():
+                m = re.search(r"(\w+)\s*[<(]", names[name].removeprefix("void "))
+                base = m.group(1) if m else name
+                entries.append({"file": os.path.basename(src), "mangled": name, "kernel": names[name],
+                                "base": base, "threads": bounds.get(base), **info,
+                                "sass": sass.get(name, {})})
+    return entries
+
+
+# ---------------------------------------------------------------- launch models (mirror the host launchers)
+
+def _attn_smem(dtype: str, d: int, bm: int, bn: int) -> int:
+    """AttnSmem<T, D>::bytes (csrc/flash_attention.cuh): Q, K, V rows padded, fp32 S scratch (16-bit only), P."""
+    k16 = dtype != "float32"
+    size = 2 if k16 else 4
+    pad = 8 if k16 else 4
+    ld, sld, pld = d + pad, (max(d, bn) if k16 else bn) + 4, bn + pad
+    return size * (bm * ld + 2 * bn * ld + bm * pld) + (4 * bm * sld if k16 else 0)
+
+
+def _attn_width(d: int) -> int:
+    return 16 if d <= 16 else 32 if d <= 32 else 64 if d <= 64 else 128
+
+
+def _window(args, c):
+    (_, (b, h, w, c3), _, dtype), heads, window = args[0], args[3], args[4]
+    d = c3 // 3 // heads
+    wh, ww = (window, window) if window > 0 else (h, w)
+    blocks = b * heads * math.ceil(h / wh) * math.ceil(w / ww) * math.ceil(wh * ww / c["kBM"])
+    width = _attn_width(d)
+    return [(f"attention_kernel<{CTYPES[dtype]}, {width}, (sam3lt::AttnMode)0>", blocks,
+             _attn_smem(dtype, width, c["kBM"], c["kBN"]), d)]
+
+
+def _generic(args, c):
+    _, (b, heads, lq, d), _, dtype = args[0]
+    width = _attn_width(d)
+    return [(f"attention_kernel<{CTYPES[dtype]}, {width}, (sam3lt::AttnMode)1>", b * heads * math.ceil(lq / c["kBM"]),
+             _attn_smem(dtype, width, c["kBM"], c["kBN"]), d)]
+
+
+def _taps(k):
+    return k if k in (3, 5, 7, 9, 11) else 0
+
+
+def _repmixer(args, c):
+    _, (b, length, ch), _, dtype = args[0]
+    return [(f"repmixer_dwconv_kernel<{CTYPES[dtype]}, {_taps(args[1][1][-1])}>",
+             math.ceil(b * length * ch / c["kRepmixerThreads"]), 0, None)]
+
+
+def _repmixer_block(args, c):  # the cuda backend runs the pair as two repmixer_dwconv launches
+    return _repmixer((args[0], args[1]), c) + _repmixer((args[0], args[3]), c)
+
+
+def _upsample(args, c):
+    _, shape, _, dtype = args[1]
+    return [(f"upsample_nearest_add_kernel<{CTYPES[dtype]}>", math.ceil(math.prod(shape) / c["kUpsampleThreads"]), 0, None)]
+
+
+def _binary(args, c):
+    _, shape, _, dtype = args[0]
+    total = shape[0] * args[1][0] * args[1][1]
+    return [(f"masks_to_binary_kernel<{CTYPES[dtype]}>", math.ceil(total / c["kUpsampleThreads"]), 0, None)]
+
+
+# op -> (constants it needs from the sources, model)
+LAUNCH_MODELS = {
+    "window_attention": (("kBM", "kBN"), _window),
+    "box_bias_attention": (("kBM", "kBN"), _generic),
+    "masked_attention": (("kBM", "kBN"), _generic),
+    "repmixer_dwconv": (("kRepmixerThreads",), _repmixer),
+    "repmixer_block_dwconv": (("kRepmixerThreads",), _repmixer_block),
+    "upsample_nearest_add": (("kUpsampleThreads",), _upsample),
+    "masks_to_binary": (("kUpsampleThreads",), _binary),
+}
+
+
+def model_launches(ops: list[dict]) -> list[dict]:
+    """(kernel instantiation, CTAs, dynamic smem, head dim) per recorded op call that has a CUDA kernel."""
+    sources = sorted(glob.glob(os.path.join(CSRC, "*.cu"))) + sorted(glob.glob(os.path.join(CSRC, "*.cuh")))
+    consts, _ = source_constants(sources)
+    out = []
+    for call in ops:
+        model = LAUNCH_MODELS.get(call["op"])
+        if model is None:
+            continue
+        needed, fn = model
+        missing = [n for n in needed if n not in consts]
+        if missing:
+            out.append({"op": call["op"], "kernel": None, "note": f"constants {missing} not found in csrc/"})
+            continue
+        for kernel, ctas, smem, head_dim in fn(call["args"], consts):
+            out.append({"op": call["op"], "kernel": kernel, "ctas": ctas, "dynamic_smem": smem, "head_dim": head_dim,
+                        "scenarios": sorted(call["scenarios"])})
+    return out
