@@ -56,12 +56,12 @@ inline at::Tensor box_bias_attention(cudaStream_t stream, const at::Tensor& q, c
   if (k.size(2) == 0) return out.zero_();
   AttnParams p{};
   fill_generic(p, op, q, k, v, out);
-  const at::Tensor by = bias_y.to(at::kFloat), bx = bias_x.to(at::kFloat);
-  p.bias_y = by.data_ptr<float>();
-  p.bias_x = bx.data_ptr<float>();
+  // read in their stored dtype by the kernel: no per-call conversion (the decoder calls this in all six layers)
+  p.bias_y = bias_y.data_ptr();
+  p.bias_x = bias_x.data_ptr();
   for (int i = 0; i < 4; ++i) {
-    p.s_by[i] = by.stride(i);
-    p.s_bx[i] = bx.stride(i);
+    p.s_by[i] = bias_y.stride(i);
+    p.s_bx[i] = bias_x.stride(i);
   }
   p.Wg = static_cast<int>(bias_x.size(3));
   p.bias_dtype = bias_dtype;

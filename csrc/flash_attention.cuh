@@ -126,6 +126,13 @@ SAM3LT_DEVICE void load_chunk(const AttnParams& p, int role, int b, int head, in
   }
 }
 
+// One bias value at byte offset `off` of a table in its stored dtype (uniform branch: one dtype per call).
+SAM3LT_DEVICE float load_bias(const char* row, int64_t off, DType dt) {
+  if (dt == DType::kBFloat16) return to_float(*reinterpret_cast<const bf16_t*>(row + off));
+  if (dt == DType::kFloat16) return to_float(*reinterpret_cast<const half_t*>(row + off));
+  return *reinterpret_cast<const float*>(row + off);
+}
+
 SAM3LT_DEVICE float round_bias(float x, DType bias_dtype, DType dtype) {
   if (bias_dtype == DType::kFloat16) x = round_to<half_t>(x);
   else if (bias_dtype == DType::kBFloat16) x = round_to<bf16_t>(x);
@@ -183,11 +190,12 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
   const int qrow = warp * 16 + r;  // this lane pair's row of the tile
   const int qi = m0 + qrow;        // its query / token index
   const bool q_valid = qi < rows;
-  const float* by_row = nullptr;
-  const float* bx_row = nullptr;
+  const char* by_row = nullptr;  // the bias tables in their stored dtype (p.bias_dtype), addressed in bytes
+  const char* bx_row = nullptr;
+  const int64_t bias_elem = p.bias_dtype == DType::kFloat32 ? 4 : 2;
   if (!window && p.bias_y != nullptr && q_valid) {
-    by_row = p.bias_y + b * p.s_by[0] + head * p.s_by[1] + qi * p.s_by[2];
-    bx_row = p.bias_x + b * p.s_bx[0] + head * p.s_bx[1] + qi * p.s_bx[2];
+    by_row = static_cast<const char*>(p.bias_y) + bias_elem * (b * p.s_by[0] + head * p.s_by[1] + qi * p.s_by[2]);
+    bx_row = static_cast<const char*>(p.bias_x) + bias_elem * (b * p.s_bx[0] + head * p.s_bx[1] + qi * p.s_bx[2]);
   }
   const uint8_t* mask_row = (!window && p.mask != nullptr) ? p.mask + b * p.s_mb : nullptr;
 
@@ -256,7 +264,9 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
       if (valid && mask_row != nullptr) valid = mask_row[key * p.s_mn] != 0;
       if (valid && by_row != nullptr) {
         const int gy = key / p.Wg, gx = key - gy * p.Wg;
-        const float bias = round_bias(by_row[gy * p.s_by[3]] + bx_row[gx * p.s_bx[3]], p.bias_dtype, p.dtype);
+        const float bias = round_bias(load_bias(by_row, bias_elem * gy * p.s_by[3], p.bias_dtype) +
+                                          load_bias(bx_row, bias_elem * gx * p.s_bx[3], p.bias_dtype),
+                                      p.bias_dtype, p.dtype);
         x += bias * kLog2e;
       }
       s[j] = valid ? x : -INFINITY;

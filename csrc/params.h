@@ -77,8 +77,8 @@ struct AttnParams {
   const void* k; int64_t s_k[4];
   const void* v; int64_t s_v[4];
   int Lq, Lk;
-  const float* bias_y; int64_t s_by[4];  // (B, heads, Lq, Hg) fp32, or null
-  const float* bias_x; int64_t s_bx[4];  // (B, heads, Lq, Wg) fp32
+  const void* bias_y; int64_t s_by[4];  // (B, heads, Lq, Hg) in bias_dtype, or null
+  const void* bias_x; int64_t s_bx[4];  // (B, heads, Lq, Wg) in bias_dtype
   int Wg;
   DType bias_dtype;                      // dtype of the bias tables given: by + bx is rounded to it, then to the
                                          // input dtype (the reference sums in the bias dtype, then casts to q's)
