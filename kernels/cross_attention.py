@@ -1,6 +1,9 @@
 """Flash-attention forward for the DETR heads, with the separable box bias or a key-padding mask in-kernel.
 
-One program computes BLOCK_M queries of one (batch, head) with an online softmax over all keys.
+One program computes BLOCK_M queries of one (batch, head) with an online softmax over all keys, or over one
+share of them when the grid would leave SMs idle (flash-decoding: the decoder's 201 queries × 8 heads at one
+prompt are 104 programs of 81 key tiles on 132 SMs): then each split writes its normalised partial output and
+log-sum-exp in fp32 and ``_combine_kernel`` merges them.
 
 - Box bias (decoder cross-attention over the Hg×Wg grid): the score of key ``j = y·Wg + x`` gets
   ``bias_y[.., i, y] + bias_x[.., i, x]`` added, read per tile from the two small tables, so the
@@ -30,15 +33,16 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _attn_kernel(q_ptr, k_ptr, v_ptr, by_ptr, bx_ptr, mask_ptr, out_ptr,
+def _attn_kernel(q_ptr, k_ptr, v_ptr, by_ptr, bx_ptr, mask_ptr, out_ptr, part_ptr, lse_ptr, tiles_per_split,
                  s_qb, s_qh, s_qm, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd,
                  s_byb, s_byh, s_bym, s_byy, s_bxb, s_bxh, s_bxm, s_bxx, s_mb, s_mn,
                  Lq, Lk, Wg, num_heads, qk_scale,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  HAS_BIAS: tl.constexpr, TILE_X: tl.constexpr, HAS_MASK: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr):
+                 DOT_PRECISION: tl.constexpr, SPLIT: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    pid_s = tl.program_id(2)
     b = pid_bh // num_heads
     head = pid_bh % num_heads
     dtype = q_ptr.dtype.element_ty
@@ -68,7 +72,8 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, by_ptr, bx_ptr, mask_ptr, out_ptr,
         num_tiles = tl.cdiv(Hg, TILE_Y) * tiles_x
     else:
         num_tiles = tl.cdiv(Lk, BLOCK_N)
-    for t in range(0, num_tiles):
+    t_begin = pid_s * tiles_per_split
+    for t in range(t_begin, tl.minimum(num_tiles, t_begin + tiles_per_split)):
         if HAS_BIAS:  # key t·BLOCK_N + i is grid cell (y0 + i // TILE_X, x0 + i % TILE_X)
             y0 = (t // tiles_x) * TILE_Y
             x0 = (t % tiles_x) * TILE_X
@@ -106,9 +111,55 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, by_ptr, bx_ptr, mask_ptr, out_ptr,
     has_key = l_i > 0.0
     out = acc / tl.where(has_key, l_i, 1.0)[:, None]
     out = tl.where(has_key[:, None], out, 0.0)
+    if SPLIT:  # (splits, B·heads, Lq, BLOCK_D) outputs and (splits, B·heads, Lq) log2-sum-exp2, fp32
+        rows = (pid_s * tl.num_programs(1) + pid_bh).to(tl.int64) * Lq + offs_m
+        tl.store(part_ptr + rows[:, None] * BLOCK_D + offs_d[None, :], out, mask=mmask[:, None])
+        tl.store(lse_ptr + rows, tl.where(has_key, m_i + tl.log2(tl.where(has_key, l_i, 1.0)), float("-inf")),
+                 mask=mmask)
+        return
     row = num_heads * HEAD_DIM
     out_ptrs = out_ptr + b64 * Lq * row + offs_m[:, None] * row + (head * HEAD_DIM + offs_d)[None, :]
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _combine_kernel(part_ptr, lse_ptr, out_ptr, Lq, num_heads, splits,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """out = Σ_s 2^(lse_s − M)·o_s / Σ_s 2^(lse_s − M) over the key splits (0 for a row without a valid key)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bh = tl.num_programs(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mmask = offs_m < Lq
+    top = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    for s in range(0, splits):
+        top = tl.maximum(top, tl.load(lse_ptr + (s * bh + pid_bh).to(tl.int64) * Lq + offs_m, mask=mmask,
+                                      other=float("-inf")))
+    ref = tl.where(top == float("-inf"), 0.0, top)
+    total = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for s in range(0, splits):
+        rows = (s * bh + pid_bh).to(tl.int64) * Lq + offs_m
+        w = tl.exp2(tl.load(lse_ptr + rows, mask=mmask, other=float("-inf")) - ref)
+        total += w
+        acc += w[:, None] * tl.load(part_ptr + rows[:, None] * BLOCK_D + offs_d[None, :], mask=mmask[:, None],
+                                    other=0.0)
+    out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
+    b = (pid_bh // num_heads).to(tl.int64)
+    head = pid_bh % num_heads
+    row = num_heads * HEAD_DIM
+    out_ptrs = out_ptr + b * Lq * row + offs_m[:, None] * row + (head * HEAD_DIM + offs_d)[None, :]
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & (offs_d < HEAD_DIM)[None, :])
+
+
+def _splits(programs: int, tiles: int, q: torch.Tensor) -> int:
+    """Key splits for a grid of ``programs`` that would leave SMs idle: about two programs per SM, each split
+    keeping at least 8 key tiles (the merge costs one more launch and an fp32 round trip of the outputs)."""
+    if not q.is_cuda or is_interpreted(_attn_kernel):
+        return 1
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    return max(1, min(triton.cdiv(2 * sms, programs), tiles // 8, 16))
 
 
 def _config(lq: int, programs_per_block: int, head_dim: int, dtype: torch.dtype,
@@ -152,14 +203,28 @@ def _attention(q, k, v, bias_y, bias_x, key_padding_mask):
         mask_strides = m.stride()
     else:
         m, mask_strides = q, (0, 0)
+    tile_x = min(8, next_pow2(wg))
+    tiles = (triton.cdiv(lk // wg, block_n // tile_x) * triton.cdiv(wg, tile_x) if has_bias else
+             triton.cdiv(lk, block_n))
     grid = (triton.cdiv(lq, block_m), batch * heads)
-    launch(_attn_kernel, grid, q, k, v, by, bx, m, out,
+    splits = _splits(grid[0] * grid[1], tiles, q)
+    per_split = triton.cdiv(tiles, splits)
+    splits = triton.cdiv(tiles, per_split)  # no empty split
+    block_d = max(16, next_pow2(head_dim))
+    if splits > 1:
+        part = torch.empty((splits, batch * heads, lq, block_d), device=q.device, dtype=torch.float32)
+        lse = torch.empty((splits, batch * heads, lq), device=q.device, dtype=torch.float32)
+    else:
+        part = lse = out  # never written
+    launch(_attn_kernel, (*grid, splits), q, k, v, by, bx, m, out, part, lse, per_split,
            *q.stride(), *k.stride(), *v.stride(), *bias_strides, *mask_strides,
            lq, lk, wg, heads, _LOG2E / math.sqrt(head_dim),
-           HEAD_DIM=head_dim, BLOCK_D=max(16, next_pow2(head_dim)), BLOCK_M=block_m, BLOCK_N=block_n,
-           HAS_BIAS=has_bias, TILE_X=min(8, next_pow2(wg)), HAS_MASK=has_mask,
-           DOT_PRECISION=dot_precision(q.dtype),
-           num_warps=warps, num_stages=stages)
+           HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+           HAS_BIAS=has_bias, TILE_X=tile_x, HAS_MASK=has_mask, DOT_PRECISION=dot_precision(q.dtype),
+           SPLIT=splits > 1, num_warps=warps, num_stages=stages)
+    if splits > 1:
+        launch(_combine_kernel, grid, part, lse, out, lq, heads, splits, HEAD_DIM=head_dim, BLOCK_D=block_d,
+               BLOCK_M=block_m, num_warps=4)
     return out
 
 
