@@ -1,8 +1,12 @@
 """Backend selection for ``sam3lt.ops``.
 
-Order for ``auto``: ``cuda`` (compiled ``sam3lt._C``) → ``triton`` → ``eager``. The choice comes from, in order of
-precedence: the ``backend=`` argument of an op call, the innermost :func:`use_backend` context, the last
-:func:`set_backend` call, the ``SAM3LT_BACKEND`` environment variable, and ``auto``.
+The choice comes from, in order of precedence: the ``backend=`` argument of an op call, the innermost
+:func:`use_backend` context, the last :func:`set_backend` call, the ``SAM3LT_BACKEND`` environment variable, and
+``auto``. ``auto`` takes, in order: a measured choice for the op and input signature (:func:`sam3lt.ops.autotune`,
+in this process or from the on-disk cache of the device); on CUDA inputs without one, evidence
+(``_tuning.EVIDENCE``: the vendor kernel, SDPA / cuBLAS, for compute-bound ops; the custom kernels for chains of
+small memory-bound ops); otherwise the order of :data:`BACKENDS`, ``cuda`` (compiled ``sam3lt._C``) → ``triton``
+→ ``eager``, taking the first that can run the inputs. :func:`explain` names the rule.
 
 An op's public function checks its arguments once (``check_args`` in its module, registered with
 :func:`define`: a ``TypeError`` / ``ValueError`` naming the argument) and then dispatches. Each backend registers,
@@ -164,41 +168,62 @@ def unavailable_reason(op: str, backend: str, *args) -> str | None:
     return backend_reason(op, backend, args)
 
 
-def select(op: str, backend: str | None, *args) -> tuple[str, Callable]:
-    """The backend name and implementation that will run ``op`` on these inputs."""
+def _choose(op: str, backend: str | None, args) -> tuple[str, Callable, str]:
+    """(backend name, implementation, the rule that chose it) for ``op`` on these inputs."""
     choice = get_backend() if backend is None else _check_choice(backend, f"{op}(backend=...)")
     if choice != "auto":
         reason = backend_reason(op, choice, args)
         if reason is not None:
             raise BackendUnavailable(f"{op}: backend {choice!r} cannot run these inputs: {reason}")
-        return choice, _REGISTRY[op][choice].fn
-    if op in _tuning.TUNED_OPS or _tuning.tuning_active():  # a measured choice for these inputs (sam3lt.ops.autotune)
+        return choice, _REGISTRY[op][choice].fn, f"chosen by name ({choice!r})"
+    compiling = _compiling()
+    # a measured choice for these inputs (sam3lt.ops.autotune, in this process or in the on-disk cache)
+    if op in _tuning.TUNED_OPS or _tuning.tuning_active() or _tuning.has_disk_choices(op, args, compiling):
         candidates = {name: impl.fn for name, impl in _REGISTRY.get(op, {}).items() if impl.supports(*args) is None}
-        tuned = _tuning.lookup(op, args, candidates, _compiling())
+        tuned = _tuning.lookup(op, args, candidates, compiling)
         if tuned is not None:
-            return tuned, candidates[tuned]
-    for name in BACKENDS:
+            return tuned[0], candidates[tuned[0]], tuned[1]
+    order, rule = _tuning.evidence_order(op, args, BACKENDS)
+    passed_over = []
+    for name in order:
         impl = _REGISTRY.get(op, {}).get(name)
-        if impl is not None and not impl.auto:
+        if impl is None or not impl.auto:
             continue
-        reason = backend_reason(op, name, args)
-        if reason is None:
-            return name, _REGISTRY[op][name].fn
-        if impl is not None and not _compiling():
+        if impl.supports(*args) is None:
+            return name, impl.fn, rule + (f"; passed over {', '.join(passed_over)}" if passed_over else "")
+        passed_over.append(name)
+        if not compiling:
             _warn_missing(name, args)
     raise BackendUnavailable(f"{op}: no backend can run these inputs")
 
 
-def explain(op: str, *args) -> dict[str, str]:
+def select(op: str, backend: str | None, *args) -> tuple[str, Callable]:
+    """The backend name and implementation that will run ``op`` on these inputs."""
+    name, fn, _ = _choose(op, backend, args)
+    return name, fn
+
+
+class Explanation(dict):
+    """:func:`explain`'s answer: backend -> "runs" / "available" / why not, and ``rule``: why ``auto`` chose."""
+
+    rule: str = ""
+
+    def __repr__(self) -> str:
+        return f"{dict.__repr__(self)} (auto: {self.rule})"
+
+
+def explain(op: str, *args) -> Explanation:
     """For each backend, "runs" / "available" or the reason it cannot run ``op`` on these inputs (for users
-    asking why a kernel did not run; ``auto`` picks the first that can, in the order of :data:`BACKENDS`).
-    Invalid arguments raise the op's TypeError / ValueError."""
+    asking why a kernel did not run), and in ``.rule`` which rule of ``auto`` chose the one that runs: a measured
+    choice (sam3lt.ops.autotune, this process or the on-disk cache), evidence (CUDA inputs: the vendor kernel
+    for compute-bound ops, custom kernels for memory-bound chains), or the default order. Invalid arguments
+    raise the op's TypeError / ValueError."""
     _check_args(op, args)
-    out = {}
+    out = Explanation()
     for name in BACKENDS:
         reason = backend_reason(op, name, args)
         out[name] = "available" if reason is None else reason
-    chosen, _ = select(op, "auto", *args)
+    chosen, _, out.rule = _choose(op, "auto", args)
     out[chosen] = "runs"
     return out
 

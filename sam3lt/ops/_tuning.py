@@ -1,4 +1,4 @@
-"""Measured backend choice per op and input signature (``auto`` with :func:`autotune`).
+"""How ``auto`` chooses: a measured choice per op and input signature (:func:`autotune`), else evidence.
 
 Which backend is fastest depends on the device and the shapes (a Triton GEMM with a fused epilogue against
 cuBLAS plus an elementwise kernel; a Triton attention kernel against the CUDA one or torch's SDPA), so the
@@ -8,14 +8,24 @@ the inputs — including those registered with ``auto=False`` — a few times, a
 signature from then on, inside and outside the context, until :func:`clear_tuning`. Calls made while a CUDA
 graph is being captured or while ``torch.compile`` traces are never timed (they use a choice made before, or
 the default order). :func:`tuned_choices` shows the table (the benchmark reports it).
+
+Measured choices on CUDA also go to an on-disk cache keyed by device, compute capability and software versions
+(:mod:`sam3lt.ops.autotune`), which later processes read. Without a measurement, ``auto`` on CUDA chooses by
+evidence (:data:`EVIDENCE`): the vendor kernel (SDPA / cuBLAS, i.e. the eager reference on torch's CUDA kernels)
+for compute-bound ops, where the static audit (bench/results/static) puts the custom kernels below it, and the
+custom kernels where they replace a chain of small memory-bound torch kernels. Every choice carries the rule
+that made it (:func:`sam3lt.ops.explain` shows it).
 """
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 
 import torch
+
+from . import autotune as _disk
 
 _TUNED: dict[tuple, tuple[str, dict[str, float]]] = {}
 TUNED_OPS: set[str] = set()  # ops with a measured choice: the dispatch looks them up (others pay nothing)
@@ -35,9 +45,39 @@ def _signature(args) -> tuple:
     return tuple(sig)
 
 
+def _disk_key(op: str, sig: tuple) -> str:
+    """The on-disk key: the signature without device indices (the file already names the device)."""
+    return f"{op}|{re.sub(r'device[(]type=.cuda., index=[0-9]+[)]', 'cuda', repr(sig))}"
+
+
+def _cuda_device(args):
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.device.type == "cuda":
+            return a.device
+        if isinstance(a, (list, tuple)):
+            d = _cuda_device(a)
+            if d is not None:
+                return d
+    return None
+
+
+_FILES: dict = {}  # device -> (cache file, identity) or (None, None): asked once per device and process
+
+
+def _disk_file(args) -> tuple[str, dict] | tuple[None, None]:
+    device = _cuda_device(args)
+    if device is None:
+        return None, None
+    if device not in _FILES:
+        ident = _disk.device_identity(device)
+        _FILES[device] = (_disk.cache_file(ident), ident) if ident is not None else (None, None)
+    return _FILES[device]
+
+
 @contextlib.contextmanager
 def autotune():
-    """Inside: ``auto`` op calls with a new input signature time their candidate backends and keep the fastest."""
+    """Inside: ``auto`` op calls with a new input signature time their candidate backends and keep the fastest,
+    for this process and, on CUDA, in the on-disk cache that later processes read (:mod:`sam3lt.ops.autotune`)."""
     depth = getattr(_state, "depth", 0)
     _state.depth = depth + 1
     try:
@@ -51,9 +91,12 @@ def tuning_active() -> bool:
 
 
 def clear_tuning() -> None:
-    """Forget every measured choice (e.g. after changing device or kernels)."""
+    """Forget every measured choice of this process (e.g. after changing kernels); the on-disk cache stays (delete
+    its folder, :func:`sam3lt.ops.autotune.cache_dir`, to measure afresh) but is read again on the next call."""
     _TUNED.clear()
     TUNED_OPS.clear()
+    _FILES.clear()
+    _disk.forget_loaded()
 
 
 def tuned_choices() -> list[dict]:
@@ -84,13 +127,25 @@ def _time(fn, args) -> float:
     return (time.perf_counter() - t0) * 1e3 / REPS
 
 
-def lookup(op: str, args, candidates: dict, compiling: bool) -> str | None:
-    """The measured choice for this call (timing the candidates first when tuning is on), or None for the
-    default order. ``candidates``: backend name -> implementation, those that can take these inputs."""
-    key = (op, _signature(args))
-    hit = _TUNED.get(key)
+def _fmt_times(times: dict) -> str:
+    return ", ".join(f"{k} {v:.3g} ms" for k, v in times.items() if isinstance(v, (int, float)) and v != float("inf"))
+
+
+def lookup(op: str, args, candidates: dict, compiling: bool) -> tuple[str, str] | None:
+    """(backend, rule) of the measured choice for this call (timing the candidates first when tuning is on), or
+    None. ``candidates``: backend name -> implementation, those that can take these inputs."""
+    sig = _signature(args)
+    hit = _TUNED.get((op, sig))
     if hit is not None and hit[0] in candidates:
-        return hit[0]
+        return hit[0], f"measured in this process: {hit[0]} fastest ({_fmt_times(hit[1])})"
+    path, ident = _disk_file(args) if not compiling else (None, None)  # no file access while tracing
+    if path is not None:
+        entry = _disk.load(path).get(_disk_key(op, sig))
+        if entry is not None and entry.get("backend") in candidates:
+            _TUNED[(op, sig)] = (entry["backend"], dict(entry.get("ms", {})))
+            TUNED_OPS.add(op)
+            return entry["backend"], (f"measured (on-disk cache {path}): {entry['backend']} fastest "
+                                      f"({_fmt_times(entry.get('ms', {}))})")
     if not tuning_active() or compiling or len(candidates) < 2 or _capturing(args):
         return None
     times = {}
@@ -104,6 +159,56 @@ def lookup(op: str, args, candidates: dict, compiling: bool) -> str | None:
     if not finite:
         return None
     best = min(finite, key=finite.get)
-    _TUNED[key] = (best, times)
+    _TUNED[(op, sig)] = (best, times)
     TUNED_OPS.add(op)
-    return best
+    if path is not None:
+        try:
+            _disk.store(path, ident, _disk_key(op, sig), best, times)
+        except OSError:  # a read-only cache dir only costs the next process a measurement
+            pass
+    return best, f"measured now: {best} fastest ({_fmt_times(times)})"
+
+
+def has_disk_choices(op: str, args, compiling: bool) -> bool:
+    """Whether the on-disk cache of these inputs' device holds a choice for ``op`` (a dict lookup after the first
+    call; never while torch.compile traces: choices loaded before are in memory by then)."""
+    if compiling:
+        return False
+    path, _ = _disk_file(args)
+    return path is not None and op in _disk.ops_in(path)
+
+
+# ---------------------------------------------------------------- evidence, when nothing was measured
+
+VENDOR_FIRST = ("eager", "cuda", "triton")
+CUSTOM_FIRST = ("cuda", "triton", "eager")
+_COMPUTE = ("compute-bound: the vendor kernel (eager = torch's {what}) until a custom kernel is measured faster "
+            "(sam3lt.ops.autotune); bench/results/static estimates the custom ones below it")
+_CHAIN = "memory-bound: the custom kernel replaces a chain of small torch kernels ({what})"
+# op -> (rule, order of preference on CUDA inputs)
+EVIDENCE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "window_attention": (_COMPUTE.format(what="SDPA"), VENDOR_FIRST),
+    "masked_attention": (_COMPUTE.format(what="SDPA"), VENDOR_FIRST),
+    "box_bias_attention": (_COMPUTE.format(what="bias + SDPA"), VENDOR_FIRST),
+    "linear": (_COMPUTE.format(what="cuBLAS GEMM + epilogue"), VENDOR_FIRST),
+    "mask_product": (_COMPUTE.format(what="cuBLAS batched GEMM"), VENDOR_FIRST),
+    "add_layer_norm": (_CHAIN.format(what="add, then LayerNorm"), CUSTOM_FIRST),
+    "repmixer_dwconv": (_CHAIN.format(what="pad, conv1d, bias, residual"), CUSTOM_FIRST),
+    # Triton fuses both convolutions into one launch; the cuda backend runs them as two
+    "repmixer_block_dwconv": (_CHAIN.format(what="two depthwise convs with their adds") + "; Triton's is one fused "
+                              "launch where cuda's is two", ("triton", "cuda", "eager")),
+    "upsample_nearest_add": (_CHAIN.format(what="interpolate, add"), CUSTOM_FIRST),
+    "masks_to_binary": (_CHAIN.format(what="sigmoid, interpolate, threshold"), CUSTOM_FIRST),
+    "box_bias": (_CHAIN.format(what="~30 small ops of the box MLPs per layer"), CUSTOM_FIRST),
+    "box_refine": (_CHAIN.format(what="sigmoid, inverse sigmoid, sine encoding"), CUSTOM_FIRST),
+    "rope_qkv": (_CHAIN.format(what="split, rotate pairs, multiply-add, concatenate"), CUSTOM_FIRST),
+}
+
+
+def evidence_order(op: str, args, default: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
+    """(order to try, rule) without a measurement: by evidence on CUDA inputs, else the default order."""
+    if _cuda_device(args) is not None and op in EVIDENCE:
+        rule, order = EVIDENCE[op]
+        return order, f"evidence, {rule}"
+    where = "CUDA inputs, no evidence recorded for this op" if _cuda_device(args) is not None else "inputs not on CUDA"
+    return default, f"default order {' -> '.join(default)} ({where}): the first backend that can take the inputs"
