@@ -9,7 +9,12 @@ window's keys (flash-attention forward). Tokens are addressed by index arithmeti
 
 A window that runs past the bottom/right edge of the grid holds padded tokens: their q/k/v are ``pad_value``
 (the QKV bias, HF pads the projection *input* with zeros), they are attended to as keys like any token, and
-their outputs are not written. Global attention is the same kernel with one window covering the grid.
+their outputs are not written.
+
+Global attention (one window covering the grid) does not use this kernel: in it every query block would rotate
+every key tile again (41 times per key at 72×72, with fp32 cos/sin tiles four times the size of the keys), so
+the launcher rotates q and k once (kernels/rope.py) and runs the plain flash-attention kernel of
+kernels/cross_attention.py over the rotated tokens. A window (576 tokens, ~5 query blocks) keeps RoPE in-kernel.
 
 RoPE follows the reference: in fp32, ``x·cos + rotate_pairwise(x)·sin`` with ``rotate_pairwise`` pairing
 channels (2i, 2i+1) -> (-x[2i+1], x[2i]), then cast back to the input dtype before the dot products. The
@@ -23,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import cross_attention, rope
 from ._utils import dot_precision, is_interpreted, launch, launch_reason, next_pow2
 
 MAX_HEAD_DIM = 256
@@ -149,6 +155,8 @@ def window_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, nu
     out = torch.empty((batch, height, width, channels), device=qkv.device, dtype=qkv.dtype)
     if out.numel() == 0:
         return out
+    if window_size == 0 and rope.supports_rope_qkv(qkv.flatten(1, 2), cos, sin, num_heads) is None:
+        return _global_attention(qkv, cos, sin, num_heads)
     interpreted = is_interpreted(_window_attn_kernel)
     block_m, block_n, warps, stages = _config(tokens, head_dim, qkv.dtype, interpreted)
     n_mblk = triton.cdiv(tokens, block_m)
@@ -163,6 +171,15 @@ def window_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, nu
            HEAD_DIM=head_dim, BLOCK_D=max(16, next_pow2(head_dim)), BLOCK_M=block_m, BLOCK_N=block_n,
            HAS_PAD=has_pad, DOT_PRECISION=dot_precision(qkv.dtype), num_warps=warps, num_stages=stages)
     return out
+
+
+def _global_attention(qkv, cos, sin, num_heads):
+    """Each token rotated once, then attention over the (B, heads, H·W, D) views of the rotated tokens."""
+    batch, height, width, three_c = qkv.shape
+    rotated = rope.rope_qkv(qkv.flatten(1, 2), cos, sin, num_heads)  # (B, H·W, 3·C) contiguous
+    q, k, v = rotated.unflatten(-1, (3, num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, H·W, D)
+    out = cross_attention.masked_attention(q, k, v, None)  # (B, H·W, C)
+    return out.view(batch, height, width, three_c // 3)
 
 
 # ---------------------------------------------------------------- limits (arguments already validated by the op)
