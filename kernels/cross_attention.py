@@ -153,27 +153,40 @@ def _combine_kernel(part_ptr, lse_ptr, out_ptr, Lq, num_heads, splits,
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & (offs_d < HEAD_DIM)[None, :])
 
 
+def _wave_fill(programs: int, slots: int) -> float:
+    """Share of the CTA slots busy over all waves (1.0: the last wave is full); ties keep the first candidate."""
+    return programs / (triton.cdiv(programs, slots) * slots)
+
+
+def _sm_count(t: torch.Tensor) -> int | None:
+    if not t.is_cuda or is_interpreted(_attn_kernel):
+        return None
+    return torch.cuda.get_device_properties(t.device).multi_processor_count
+
+
 def _splits(programs: int, tiles: int, q: torch.Tensor) -> int:
     """Key splits for a grid of ``programs`` that would leave SMs idle: about two programs per SM, each split
     keeping at least 8 key tiles (the merge costs one more launch and an fp32 round trip of the outputs)."""
-    if not q.is_cuda or is_interpreted(_attn_kernel):
-        return 1
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-    return max(1, min(triton.cdiv(2 * sms, programs), tiles // 8, 16))
+    sms = _sm_count(q)
+    return 1 if sms is None else max(1, min(triton.cdiv(2 * sms, programs), tiles // 8, 16))
 
 
 def _config(lq: int, programs_per_block: int, head_dim: int, dtype: torch.dtype,
-            interpreted: bool) -> tuple[int, int, int, int]:
+            interpreted: bool, sms: int | None = None) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages); untuned starting points (no GPU was at hand). Long query
-    sequences (DETR encoder self-attention, 5184 tokens) take 128-row blocks; short ones (201 decoder queries,
-    text cross-attention) take the tallest block that still gives ~128 programs, since one (batch, head) has
-    only a few query blocks."""
+    sequences (5184 tokens: DETR encoder self-attention, ViT global attention) take 128- or 64-row blocks,
+    whichever fills the last wave of ``sms`` SMs better; short ones (201 decoder queries, text cross-attention)
+    take the tallest block that still gives ~128 programs, since one (batch, head) has only a few query blocks."""
     if interpreted:
         return max(16, min(64, next_pow2(lq))), 64, 4, 1
     if dtype == torch.float32:
         return (64 if lq > 256 else 32), 32, 4, 2
     if lq >= 2048 and head_dim <= 64:
-        return 128, 64, 8, 3
+        # CTAs per SM from the sm_90 audit (bench/results/static): 128 rows x 8 warps: 2; 64 x 4: 4 (D=64), 5 (D<=32)
+        tall, short = (128, 64, 8, 3, 2), (64, 64, 4, 3, 4 if head_dim > 32 else 5)
+        if sms is None:
+            return tall[:4]
+        return max((tall, short), key=lambda c: _wave_fill(triton.cdiv(lq, c[0]) * programs_per_block, sms * c[4]))[:4]
     for block_m in (64, 32):
         if triton.cdiv(lq, block_m) * programs_per_block >= 128:
             return block_m, 64, 4, 3
@@ -189,7 +202,7 @@ def _attention(q, k, v, bias_y, bias_x, key_padding_mask):
     if lk == 0:
         return out.zero_()
     interpreted = is_interpreted(_attn_kernel)
-    block_m, block_n, warps, stages = _config(lq, batch * heads, head_dim, q.dtype, interpreted)
+    block_m, block_n, warps, stages = _config(lq, batch * heads, head_dim, q.dtype, interpreted, _sm_count(q))
     has_bias = bias_y is not None
     has_mask = key_padding_mask is not None
     if has_bias:
