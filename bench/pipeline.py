@@ -1,7 +1,7 @@
 """Dataset throughput: ``sam3lt.segment_dataset`` vs the naive per-image loop, same model, same images, side by
 side in one run.
 
-    python bench/pipeline.py [--images 48] [--prompts 2] [--auto-images 4] [--workers 1] [--batch-size 4]
+    python bench/pipeline.py [--images 16] [--prompts 2] [--auto-images 2] [--workers 1] [--batch-size 4]
                              [--out bench/results] [--name pipeline_cpu]
 
 The naive loop is what users write around the model: per image, PIL decode -> HF transformers' ``Sam3Processor``
@@ -153,14 +153,23 @@ def pipeline(model, paths, prompts, out: Path, args, threshold: float):
     return time.perf_counter() - start, summary
 
 
+def _log(message: str) -> None:
+    print(f"bench/pipeline: {message}", file=sys.stderr, flush=True)
+
+
 def run_case(name, model, processor, hf_processor, paths, prompts, per_prompt, args, scratch) -> dict:
     threshold = 0.3
     warm = paths[:1]
-    naive_loop(model, hf_processor, warm, prompts[:2], per_prompt, threshold)
-    pipeline(model, warm, prompts[:2], scratch / "warm", args, threshold)
+    # warm-up on one image: the shapes of the timed runs (a per-prompt call has one prompt whatever the list)
+    naive_loop(model, hf_processor, warm, prompts[:2] if per_prompt else prompts, per_prompt, threshold)
+    pipeline(model, warm, prompts, scratch / "warm", args, threshold)
+    model_only(model, processor, warm, prompts, args.batch_size)
     naive_s = naive_loop(model, hf_processor, paths, prompts, per_prompt, threshold)
+    _log(f"{name}: naive loop {naive_s:.1f} s")
     pipe_s, summary = pipeline(model, paths, prompts, scratch / name, args, threshold)
+    _log(f"{name}: segment_dataset {pipe_s:.1f} s")
     model_s = model_only(model, processor, paths, prompts, args.batch_size)
+    _log(f"{name}: model only {model_s:.1f} s")
     n = len(paths)
     row = {"case": name, "images": n, "prompts_per_image": len(prompts),
            "naive": "per-prompt loop" if per_prompt else "per-image loop",
@@ -204,9 +213,9 @@ def _markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=48, help="images of the dataset case")
+    parser.add_argument("--images", type=int, default=16, help="images of the dataset case")
     parser.add_argument("--prompts", type=int, default=2, help="prompts per image in the dataset case")
-    parser.add_argument("--auto-images", type=int, default=4, help="images of the 80-prompt auto-labelling case")
+    parser.add_argument("--auto-images", type=int, default=2, help="images of the 80-prompt auto-labelling case")
     parser.add_argument("--workers", type=int, default=1, help="segment_dataset's DataLoader workers")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .pipeline.api import DTYPES
-from .pipeline.decode import MAX_PIXELS, PREPROCESS_MODES
+from .pipeline.decode import MAX_PIXELS, PREPROCESS_MODES, decode_error_reason  # noqa: F401 -- public name
 from .pipeline.output import FORMATS
 from .pipeline.overlay import RANDOM_WEIGHTS_NOTE, render_overlay  # noqa: F401 -- render_overlay: public name
 from .processor import SAMPLE_IMAGE
@@ -178,22 +178,6 @@ def checkpoint_problem(checkpoint: str | None) -> str | None:
     if _HUB_ID.match(checkpoint) and ".." not in checkpoint:
         return None
     return f"{checkpoint} does not exist (no such folder, and not a hub id of the form owner/name)"
-
-
-# torchvision's decoders prefix their errors with where in its C++ sources they were raised:
-# "decode_jpeg, /__w/vision/.../decode_jpeg.cpp:171, Image is incomplete or truncated".
-_CPP_SOURCE = r"\S+\.(?:cpp|cc|cu|cuh|h|hpp)\b"
-_CPP_PREFIX = re.compile(rf"^\s*\w+, {_CPP_SOURCE}(?::\d+)?, ")
-
-
-def decode_error_reason(err: Exception) -> str:
-    """An image decoder's error as a reason for the user: no path into torchvision's build, no hint about its
-    other functions."""
-    text = _CPP_PREFIX.sub("", " ".join(str(err).split()))
-    text = " ".join(s for s in re.split(r"(?<=\.) ", text) if "`decode_" not in s)  # "For avif ... `decode_avif`"
-    if not text or re.search(_CPP_SOURCE, text):  # another form naming a C++ source: say it plainly
-        return "not a readable image (the decoder failed; jpeg, png, webp and gif are supported)"
-    return text
 
 
 # ------------------------------------------------------------------------------------------------------- bench

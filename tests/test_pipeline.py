@@ -193,6 +193,10 @@ def test_failed_inputs_are_recorded_and_the_run_goes_on(tmp_path, tiny, capsys):
     assert not {Path(img["file_name"]).name for img in gt.loadImgs(gt.getImgIds())} & set(bad)
     err = capsys.readouterr().err
     assert all(f"cannot read {tmp_path / 'in' / 'bad' / name}" in err for name in bad) and "failed=4" in err
+    again = segment_dataset([tmp_path / "in"], text="cat", out=out, model=model, max_pixels=MAX_PIXELS,
+                            workers=0, device="cpu", progress=False)  # failures are final: not retried
+    assert (again.segmented, again.failed, again.exit_code) == (0, len(bad), 1)
+    assert again.lines()[0].startswith("nothing to do")
 
 
 def test_png_format_and_overlays(tmp_path, tiny):
@@ -258,13 +262,14 @@ def test_usage_errors_name_the_argument(tmp_path, inputs, text, message):
 @pytest.mark.parametrize("kwargs, name", [({"batch_size": 0}, "batch_size"), ({"threshold": 2}, "threshold"),
                                           ({"format": "tiff"}, "format"), ({"engine": "spark"}, "engine"),
                                           ({"preprocess": "gpu"}, "preprocess"), ({"workers": -1}, "workers"),
-                                          ({"model": 3}, "model")])
+                                          ({"model": 3}, "model"), ({"ray_actor_cpus": 0}, "ray_actor_cpus"),
+                                          ({"ray_actors": 0}, "ray_actors")])
 def test_bad_arguments(tmp_path, kwargs, name):
     with pytest.raises(UsageError, match=f"^{name}: "):
         segment_dataset(SAMPLE_IMAGE, text="cat", out=tmp_path, progress=False, **kwargs)
 
 
-# ---- resuming ----------------------------------------------------------------------------------------------------------
+# ---- resuming -------------------------------------------------------------------------------------------------------
 def test_rerun_does_nothing_and_other_settings_are_refused(tmp_path, tiny):
     model, _ = tiny
     write_good_images(tmp_path / "in")

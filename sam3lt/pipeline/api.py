@@ -14,7 +14,7 @@ from ..fast import FastSam3LiteText
 from ..model import Sam3LiteTextModel
 from .decode import MAX_PIXELS, PREPROCESS_MODES, decode
 from .inputs import UsageError, expand
-from .output import FORMATS, Journal, Writer, check_job
+from .output import DATASET, ERRORS, FORMATS, JOURNAL, PREDICTIONS, RESULTS, Journal, Writer, check_job
 from .overlay import RANDOM_WEIGHTS_NOTE, render_overlay
 from .results import write_final
 from .runner import STAGES, Runner, load_model
@@ -46,7 +46,7 @@ class Summary:
         return self.segmented / self.seconds if self.seconds > 0 else 0.0
 
     def lines(self) -> list[str]:
-        if self.segmented == 0 and self.skipped == self.total - self.failed and not self.interrupted:
+        if self.skipped == self.total and not self.interrupted:
             head = f"nothing to do: all {self.total} input(s) already finished in {self.out}"
         else:
             head = (f"{self.segmented} image(s) segmented ({self.instances} instance(s)) in {self.seconds:.1f} s, "
@@ -105,6 +105,11 @@ def segment_dataset(inputs, text=None, out="sam3lt-out", model=None, *, processo
     for name, value in (("threshold", threshold), ("mask_threshold", mask_threshold)):
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise UsageError(f"{name}: expected a number in [0, 1], got {value!r}")
+    if ray_actors is not None and (isinstance(ray_actors, bool) or not isinstance(ray_actors, int) or ray_actors < 1):
+        raise UsageError(f"ray_actors: expected a positive number of actors, got {ray_actors!r}")
+    if ray_actor_cpus is not None and (not isinstance(ray_actor_cpus, (int, float)) or not ray_actor_cpus > 0):
+        raise UsageError(f"ray_actor_cpus: expected a positive number of CPUs (fractions allowed), got "
+                         f"{ray_actor_cpus!r}")
     workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise UsageError(f"workers: expected a number of processes >= 0, got {workers!r}")
@@ -133,20 +138,24 @@ def segment_dataset(inputs, text=None, out="sam3lt-out", model=None, *, processo
                 "overlays": overlays or fmt == "png"}
     check_job(out, settings)
 
-    journal = Journal(out / "progress.jsonl")
+    journal = Journal(out / JOURNAL)
     pending = [item for item in items if item.key not in journal.records]
     skipped = len(items) - len(pending)
     random_weights = model is None
-    where = f"ray:{ray_device or 'auto'}" if engine == "ray" else str(device)  # auto: GPU actors if the cluster has GPUs
+    # ray:auto -- GPU actors when the cluster has GPUs, else CPU actors
+    where = f"ray:{ray_device or 'auto'}" if engine == "ray" else str(device)
     info = {"text": text, "checkpoint": checkpoint, "random_weights": random_weights, "device": where,
             "dtype": settings["dtype"], "threshold": threshold, "mask_threshold": mask_threshold}
     times = dict.fromkeys(STAGES, 0.0)
     interrupted, start = False, time.perf_counter()
     writer = bar = None
+    final_files = (DATASET, PREDICTIONS) if fmt == "coco" else (RESULTS,)
+    finished = not pending and all((out / name).is_file() for name in (*final_files, ERRORS))
     try:
-        if pending:
+        if not finished:  # the final files need the model's image size even when every input is done
             model, processor = _model_and_processor(model, processor, device, dtype, seed)
             info["image_size"] = processor.size[0]
+        if pending:
             bar = _progress_bar(len(pending), progress)
             render = _overlay_renderer(checkpoint, random_weights, max_pixels)
             writer = Writer(out, journal, fmt=fmt, overlays=overlays, render=render,
@@ -156,7 +165,8 @@ def segment_dataset(inputs, text=None, out="sam3lt-out", model=None, *, processo
                 from .local import run_local
 
                 runner = Runner.build(model, processor, device=device, dtype=dtype, fast=fast, prep_mode=preprocess,
-                                      threshold=threshold, mask_threshold=mask_threshold, prompt_batch=prompt_batch)
+                                      threshold=threshold, mask_threshold=mask_threshold, prompt_batch=prompt_batch,
+                                      image_batch=batch_size)
                 run_local(pending, runner, writer, workers=workers, **common)
             else:
                 from .ray_engine import run_ray
@@ -175,8 +185,8 @@ def segment_dataset(inputs, text=None, out="sam3lt-out", model=None, *, processo
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - start
-    info.setdefault("image_size", _image_size(model))
-    write_final(out, items, journal.records, fmt=fmt, text=text, info=info)
+    if not finished:  # a finished job's files stay as they are: a rerun does nothing
+        write_final(out, items, journal.records, fmt=fmt, text=text, info=info)
     failed = sum("error" in journal.records.get(item.key, {}) for item in items)
     return Summary(out=out, total=len(items), skipped=skipped,
                    segmented=(writer.finished - writer.failed) if writer else 0, failed=failed,
@@ -214,11 +224,6 @@ def _model_and_processor(model, processor, device, dtype, seed):
     return model, processor or Sam3LiteTextProcessor(size=plain.config.image_size)
 
 
-def _image_size(model):
-    plain = model.model if isinstance(model, FastSam3LiteText) else model
-    return plain.config.image_size if isinstance(plain, Sam3LiteTextModel) else None
-
-
 def _progress_bar(total: int, show: bool):
     from tqdm import tqdm
 
@@ -226,10 +231,9 @@ def _progress_bar(total: int, show: bool):
 
 
 def _reporter(bar, show: bool):
-    def on_done(writer):
+    def on_done(writer, record):
         bar.update(1)
         bar.set_postfix(failed=writer.failed, refresh=False)
-        record = writer.journal.records[next(reversed(writer.journal.records))]
         if show and "error" in record:
             bar.write(f"sam3lt: error: IMAGE: cannot read {record['key']}: {record['error']}", file=sys.stderr)
     return on_done

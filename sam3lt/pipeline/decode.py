@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import time
 import warnings
 
@@ -64,8 +65,6 @@ def decode(path: str, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     except UnidentifiedImageError:
         raise DecodeError("not an image (no decoder recognises the file)") from None
     except (OSError, RuntimeError, ValueError, SyntaxError) as err:  # truncated / corrupt data
-        from ..cli import decode_error_reason  # one wording of decoder errors for the CLI and the pipeline
-
         raise DecodeError(decode_error_reason(err)) from None
     if image.dtype == torch.uint16:  # 16-bit PNG: torchvision keeps 16 bits; the model takes 8
         image = tvF.to_dtype(image, torch.uint8, scale=True)
@@ -78,6 +77,22 @@ def _pil_decode(pil: Image.Image) -> torch.Tensor:
         pil = pil.point(lambda v: v / 257).convert("L")
     array = torch.from_numpy(np.array(_pil_to_rgb(pil)))
     return array.permute(2, 0, 1).contiguous()
+
+
+# torchvision's decoders prefix their errors with where in its C++ sources they were raised:
+# "decode_jpeg, /__w/vision/.../decode_jpeg.cpp:171, Image is incomplete or truncated".
+_CPP_SOURCE = r"\S+\.(?:cpp|cc|cu|cuh|h|hpp)\b"
+_CPP_PREFIX = re.compile(rf"^\s*\w+, {_CPP_SOURCE}(?::\d+)?, ")
+
+
+def decode_error_reason(err: Exception) -> str:
+    """An image decoder's error as a reason for the user: no path into torchvision's build, no hint about its
+    other functions."""
+    text = _CPP_PREFIX.sub("", " ".join(str(err).split()))
+    text = " ".join(s for s in re.split(r"(?<=\.) ", text) if "`decode_" not in s)  # "For avif ... `decode_avif`"
+    if not text or re.search(_CPP_SOURCE, text):  # another form naming a C++ source: say it plainly
+        return "not a readable image (the decoder failed; jpeg, png, webp and gif are supported)"
+    return text
 
 
 class Preprocess:

@@ -128,7 +128,7 @@ class Writer:
     def __init__(self, out: Path, journal: Journal, *, fmt: str, overlays: bool, render=None, on_done=None,
                  depth: int = 16):
         self.out, self.journal, self.fmt, self.overlays = out, journal, fmt, overlays
-        self.render, self.on_done = render, on_done  # render(key, instances, size) -> overlay image
+        self.render, self.on_done = render, on_done  # render(item, instances) -> image; on_done(self, record)
         self.seconds = 0.0
         self.failed = self.finished = self.instances = 0
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -165,7 +165,7 @@ class Writer:
                 self.failed += "error" in record
                 self.instances += len(record.get("instances", ()))
                 if self.on_done:
-                    self.on_done(self)
+                    self.on_done(self, record)
             except BaseException as err:  # noqa: BLE001 -- handed to the main thread
                 self._error = err
 

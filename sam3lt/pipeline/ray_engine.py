@@ -50,7 +50,7 @@ class SegmentActor:
     """One model on one device (the actor's GPU, else the CPU); called on batches of decoded rows."""
 
     def __init__(self, model_ref, processor, use_gpu: bool, dtype, fast, prep_mode, threshold, mask_threshold,
-                 prompt_batch, cpus: float):
+                 prompt_batch, image_batch: int, cpus: float):
         import ray
 
         model = ray.get(model_ref) if isinstance(model_ref, ray.ObjectRef) else model_ref
@@ -58,7 +58,8 @@ class SegmentActor:
         if not use_gpu:
             torch.set_num_threads(max(1, int(cpus)))
         self.runner = Runner.build(model, processor, device=device, dtype=dtype, fast=fast, prep_mode=prep_mode,
-                                   threshold=threshold, mask_threshold=mask_threshold, prompt_batch=prompt_batch)
+                                   threshold=threshold, mask_threshold=mask_threshold, prompt_batch=prompt_batch,
+                                   image_batch=image_batch)
 
     def __call__(self, batch: dict) -> dict:
         rows = len(batch["n"])
@@ -110,7 +111,7 @@ def run_ray(items, model, processor, writer, *, device, dtype, fast, preprocess,
                                  "model_ref": ray.put(plain.to("cpu")), "processor": processor, "use_gpu": use_gpu,
                                  "dtype": dtype, "fast": fast or plain is not model, "prep_mode": preprocess,
                                  "threshold": threshold, "mask_threshold": mask_threshold,
-                                 "prompt_batch": prompt_batch, "cpus": cpus}))
+                                 "prompt_batch": prompt_batch, "image_batch": batch_size, "cpus": cpus}))
         for row in data.iter_rows():
             item = items[int(row["n"])]
             add_times(times, {"decode": row["decode_s"], "preprocess": row["preprocess_s"] +

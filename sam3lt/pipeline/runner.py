@@ -59,14 +59,14 @@ class Runner:
 
     @classmethod
     def build(cls, model, processor, *, device, dtype, fast: bool, prep_mode: str, threshold, mask_threshold,
-              prompt_batch: int) -> "Runner":
-        """From a model (moved to ``device`` / ``dtype``), optionally on ``sam3lt.optimize``'s fast path."""
-        if isinstance(model, FastSam3LiteText):
-            fast, model = True, model.model
-        model = model.to(device=device, dtype=dtype).eval()
-        if fast:
-            model = optimize(model, dtype=dtype, device=device,
-                             prompt_buckets=sorted({1, 4, 16, min(64, prompt_batch)}))
+              prompt_batch: int, image_batch: int) -> "Runner":
+        """From a model (moved to ``device`` / ``dtype``), on ``sam3lt.optimize``'s fast path with ``fast`` (its
+        buckets: the batch size, and prompt chunks up to ``prompt_batch``). A given FastSam3LiteText runs as is."""
+        if not isinstance(model, FastSam3LiteText):
+            model = model.to(device=device, dtype=dtype).eval()
+            if fast:
+                model = optimize(model, dtype=dtype, device=device, image_batches=(image_batch,),
+                                 prompt_buckets=sorted({1, 4, 16, min(64, prompt_batch)}))
         return cls(model, processor, Preprocess(processor, prep_mode), threshold, mask_threshold, prompt_batch)
 
     def _sync(self) -> None:
