@@ -1,4 +1,5 @@
-"""Where the kernel tests of ``tests/test_<op>.py`` run, and shared helpers. Import it before ``sam3lt``.
+"""Where the Triton kernel tests of ``tests/test_<op>.py`` run, and shared helpers (the tolerance rule,
+:func:`check_close`). Import it before ``sam3lt``; the backends each family test runs on are tests/_backends.py.
 
 - With CUDA: on the GPU (fp32/fp16/bf16), compiled kernels.
 - Without CUDA: in Triton's interpreter (fp32/fp16; it has no bf16). The interpreter is chosen when ``triton``
@@ -76,9 +77,9 @@ def seed_for(request) -> torch.Generator:
     return seeds.gen_for(request)
 
 
-def randn(gen, *shape, dtype=torch.float32, scale=1.0):
-    """Random normal values (never all zeros) on the test device."""
-    return (torch.randn(*shape, generator=gen) * scale).to(device=DEVICE, dtype=dtype)
+def randn(gen, *shape, dtype=torch.float32, scale=1.0, device=None):
+    """Random normal values (never all zeros) on ``device`` (default: the test device)."""
+    return (torch.randn(*shape, generator=gen) * scale).to(device=device or DEVICE, dtype=dtype)
 
 
 def check_close(out: torch.Tensor, ref64: torch.Tensor, ref_lowp: torch.Tensor, dtype: torch.dtype, what=""):
@@ -134,9 +135,12 @@ def _report_from_child(request) -> None:
 
 
 def kernel_test(fn):
-    """Decorator for tests that run kernels: skip without Triton, delegate to the interpreter subprocess when
-    this process's triton was built for the GPU (see the module docstring)."""
+    """Decorator for tests that run kernels: skip without Triton (a test over the ``target`` fixture skips its
+    triton target only, see _backends.py), delegate to the interpreter subprocess when this process's triton was
+    built for the GPU (see the module docstring)."""
     if MODE == "no-triton":
+        if "target" in inspect.signature(fn).parameters:
+            return fn
         return pytest.mark.skip(reason="triton is not installed")(fn)
     if MODE != "subprocess":
         return fn

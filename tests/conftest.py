@@ -14,6 +14,15 @@ def no_grad():
         yield
 
 
+@pytest.fixture
+def target(request, monkeypatch):
+    """The backend a family test runs its case on (a param from ``_backends.targets``: triton, cuda or cuda-emu),
+    made ready: the emulator built and standing in for sam3lt._C, its thread order seeded from the test id."""
+    import _backends  # here, not at the top: the family test has imported _interp (how triton loads) by now
+
+    return _backends.prepare(request.param, request, monkeypatch)
+
+
 @pytest.fixture(autouse=True)
 def _seeded(request):
     """torch's and Python's global generators seeded for this test (see tests/seeds.py)."""

@@ -1,6 +1,8 @@
-"""The DETR decoder's box bias (``sam3lt.ops.box_bias``): the Triton kernel against the eager reference (fp64 bound),
-the reference against the decoder's original code (bitwise), argument checks, dispatch, opcheck, and the decoder."""
-from _interp import DEVICE, DTYPES, check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+"""The DETR decoder's box bias (``sam3lt.ops.box_bias``): every backend registered for it (tests/_backends.py) against
+the eager reference (fp64 bound), the reference against the decoder's original code (bitwise), argument checks,
+dispatch, opcheck, and the decoder."""
+from _interp import DEVICE, check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+from _backends import targets
 
 import math
 
@@ -15,16 +17,18 @@ from sam3lt.ops import _backend
 import seeds
 
 
-def _weights(gen, hidden=256, heads=8, dtype=torch.float32):
+def _weights(gen, hidden=256, heads=8, dtype=torch.float32, device=DEVICE):
     """box_rpb_embed_y / _x layer1/layer2 weights at nn.Linear-like scales (layer1 fan-in 2: O(1) weights)."""
     out = []
     for _ in "yx":
-        out += [randn(gen, hidden, 2, dtype=dtype), randn(gen, hidden, dtype=dtype, scale=0.5),
-                randn(gen, heads, hidden, dtype=dtype, scale=hidden ** -0.5), randn(gen, heads, dtype=dtype, scale=0.1)]
+        out += [randn(gen, hidden, 2, dtype=dtype, device=device),
+                randn(gen, hidden, dtype=dtype, scale=0.5, device=device),
+                randn(gen, heads, hidden, dtype=dtype, scale=hidden ** -0.5, device=device),
+                randn(gen, heads, dtype=dtype, scale=0.1, device=device)]
     return out
 
 
-def _boxes(gen, batch, queries, dtype=torch.float32, spread=1.0):
+def _boxes(gen, batch, queries, dtype=torch.float32, spread=1.0, device=DEVICE):
     """cxcywh: centres and sizes in (0, 1) (sigmoid outputs, as the decoder's), a few degenerate (w = 0, h = 0);
     ``spread`` > 1 puts some edges outside [0, 1]."""
     b = torch.rand(batch, queries, 4, generator=gen) * spread - (spread - 1) / 2
@@ -33,15 +37,15 @@ def _boxes(gen, batch, queries, dtype=torch.float32, spread=1.0):
         b[:, 0, 2] = 0.0  # zero width
         b[:, 1, 3] = 0.0  # zero height
         b[:, 2, :2] = 0.5  # centre on a grid line of even grids (a delta of exactly 0 for w = 0)
-    return b.to(DEVICE, dtype)
+    return b.to(device, dtype)
 
 
-def _check(boxes, height, width, weights, what=""):
-    y, x = ops.box_bias(boxes, height, width, *weights, backend="triton")
+def _check(backend, boxes, height, width, weights, what=""):
+    y, x = ops.box_bias(boxes, height, width, *weights, backend=backend)
     ref64 = ops.box_bias_reference(boxes.double(), height, width, *[w.double() for w in weights])
     ref = ops.box_bias_reference(boxes, height, width, *weights)
     for out, r64, r, name in zip((y, x), ref64, ref, ("bias_y", "bias_x")):
-        assert out.is_contiguous()
+        assert out.is_contiguous() or backend != "triton"  # the kernel's layout (eager and cuda return permuted views)
         check_close(out, r64, r, boxes.dtype, f"{what} {name}")
         assert not out[:, :, 0].any(), "the presence token's row must be zero"
 
@@ -53,37 +57,42 @@ CASES = [(1, 1, 5, 9, 256, 8), (3, 7, 24, 24, 256, 8), (1, 200, 5, 9, 256, 8), (
 
 
 @kernel_test
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("target, dtype", targets("box_bias", dtypes=True), indirect=["target"])
 @pytest.mark.parametrize("B, Q, H, W, hidden, heads", CASES, ids=lambda v: str(v))
-def test_box_bias_shapes(B, Q, H, W, hidden, heads, dtype, request):
-    gen = seed_for(request)
-    _check(_boxes(gen, B, Q, dtype), H, W, _weights(gen, hidden, heads, dtype), (B, Q, H, W, hidden, heads))
+def test_box_bias_shapes(target, B, Q, H, W, hidden, heads, dtype, request):
+    gen, dev = seed_for(request), target.device
+    _check(target.backend, _boxes(gen, B, Q, dtype, device=dev), H, W, _weights(gen, hidden, heads, dtype, dev),
+           (B, Q, H, W, hidden, heads))
 
 
 @kernel_test
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_box_bias_edges_outside_the_image(dtype, request):
-    gen = seed_for(request)
-    _check(_boxes(gen, 2, 30, dtype, spread=1.6), 7, 11, _weights(gen, 64, 8, dtype), "spread")
+@pytest.mark.parametrize("target, dtype", targets("box_bias", dtypes=True), indirect=["target"])
+def test_box_bias_edges_outside_the_image(target, dtype, request):
+    gen, dev = seed_for(request), target.device
+    _check(target.backend, _boxes(gen, 2, 30, dtype, spread=1.6, device=dev), 7, 11, _weights(gen, 64, 8, dtype, dev),
+           "spread")
 
 
 @kernel_test
-def test_box_bias_strided_boxes(request):
-    gen = seed_for(request)
-    weights = _weights(gen, 48, 8)
-    wide = _boxes(gen, 3, 9, spread=1.0).repeat(1, 1, 2)[..., 1:5]  # last-dim slice: strides (72, 8, 1)
-    _check(wide, 6, 5, weights, "sliced")
-    _check(_boxes(gen, 4, 3).transpose(0, 1), 6, 5, weights, "transposed")  # (3, 4, 4), batch stride 4
-    _check(_boxes(gen, 1, 11).expand(3, 11, 4), 6, 5, weights, "expanded")  # batch stride 0, as the first layer's
+@pytest.mark.parametrize("target", targets("box_bias"), indirect=True)
+def test_box_bias_strided_boxes(target, request):
+    gen, dev, backend = seed_for(request), target.device, target.backend
+    weights = _weights(gen, 48, 8, device=dev)
+    wide = _boxes(gen, 3, 9, spread=1.0, device=dev).repeat(1, 1, 2)[..., 1:5]  # last-dim slice: strides (72, 8, 1)
+    _check(backend, wide, 6, 5, weights, "sliced")
+    _check(backend, _boxes(gen, 4, 3, device=dev).transpose(0, 1), 6, 5, weights, "transposed")  # batch stride 4
+    # batch stride 0, as the first layer's
+    _check(backend, _boxes(gen, 1, 11, device=dev).expand(3, 11, 4), 6, 5, weights, "expanded")
 
 
 @kernel_test
-def test_box_bias_empty(request):
-    gen = seed_for(request)
-    weights = _weights(gen, 32, 8)
-    y, x = ops.box_bias(_boxes(gen, 2, 0), 3, 4, *weights, backend="triton")  # no queries: the zero row only
+@pytest.mark.parametrize("target", targets("box_bias"), indirect=True)
+def test_box_bias_empty(target, request):
+    gen, dev = seed_for(request), target.device
+    weights = _weights(gen, 32, 8, device=dev)
+    y, x = ops.box_bias(_boxes(gen, 2, 0, device=dev), 3, 4, *weights, backend=target.backend)  # the zero row only
     assert y.shape == (2, 8, 1, 3) and x.shape == (2, 8, 1, 4) and not y.any() and not x.any()
-    y, x = ops.box_bias(_boxes(gen, 0, 5), 3, 4, *weights, backend="triton")
+    y, x = ops.box_bias(_boxes(gen, 0, 5, device=dev), 3, 4, *weights, backend=target.backend)
     assert y.shape == (0, 8, 6, 3) and x.shape == (0, 8, 6, 4)
 
 
@@ -190,14 +199,15 @@ def test_decoder_eager_is_the_original_code_bitwise(dtype):
 
 
 @kernel_test
-def test_decoder_triton_equals_eager(request):
+@pytest.mark.parametrize("target", targets("box_bias"), indirect=True)
+def test_decoder_backend_equals_eager(target, request):
     torch.manual_seed(seeds.BASE)
-    decoder = sam3lt.Sam3LiteTextModel(sam3lt.Sam3LiteTextConfig.tiny()).detr_decoder.to(DEVICE)
-    boxes = _boxes(seed_for(request), 2, decoder.reference_points.weight.shape[0])
+    decoder = sam3lt.Sam3LiteTextModel(sam3lt.Sam3LiteTextConfig.tiny()).detr_decoder.to(target.device)
+    boxes = _boxes(seed_for(request), 2, decoder.reference_points.weight.shape[0], device=target.device)
     with torch.no_grad():
         with ops.use_backend("eager"):
             ref = decoder.box_bias(boxes, 7, 10)
-        with ops.use_backend("triton"):
+        with ops.use_backend(target.backend):
             out = decoder.box_bias(boxes, 7, 10)
     for a, b in zip(out, ref):
         assert a.shape == b.shape

@@ -1,7 +1,8 @@
-"""The DETR decoder's box refinement + sine encoding (``sam3lt.ops.box_refine``): the Triton kernel against the eager
-reference (fp64 bound), the reference against the decoder's expressions (bitwise), argument checks, dispatch,
-opcheck."""
-from _interp import DEVICE, DTYPES, check_close, interpreter_env, kernel_test, seed_for  # noqa: F401
+"""The DETR decoder's box refinement + sine encoding (``sam3lt.ops.box_refine``): every backend registered for it
+(tests/_backends.py) against the eager reference (fp64 bound), the reference against the decoder's expressions
+(bitwise), argument checks, dispatch, opcheck."""
+from _interp import DEVICE, check_close, interpreter_env, kernel_test, seed_for  # noqa: F401
+from _backends import targets
 
 import math
 
@@ -14,7 +15,7 @@ from sam3lt.ops import _backend
 import seeds
 
 
-def _inputs(gen, batch, queries, dtype=torch.float32, delta_scale=2.0):
+def _inputs(gen, batch, queries, dtype=torch.float32, delta_scale=2.0, device=DEVICE):
     """delta ~ N(0, delta_scale²) (a few large), boxes in (0, 1) with some at the clamps (1e-5, 1 − 1e-5, 0, 1)."""
     delta = torch.randn(batch, queries, 4, generator=gen) * delta_scale
     boxes = torch.rand(batch, queries, 4, generator=gen)
@@ -25,14 +26,15 @@ def _inputs(gen, batch, queries, dtype=torch.float32, delta_scale=2.0):
     big = torch.tensor([40.0, -40.0, 12.0, -12.0, 0.0, 7.5, -7.5, 100.0])
     m = min(flat_d.numel(), big.numel())
     flat_d[-m:] = big[:m]
-    return delta.to(DEVICE, dtype), boxes.to(DEVICE, dtype)
+    return delta.to(device, dtype), boxes.to(device, dtype)
 
 
-def _check(delta, boxes, num_feats, what=""):
-    new, enc = ops.box_refine(delta, boxes, num_feats, backend="triton")
+def _check(backend, delta, boxes, num_feats, what=""):
+    new, enc = ops.box_refine(delta, boxes, num_feats, backend=backend)
     new64, enc64 = ops.box_refine_reference(delta.double(), boxes.double(), num_feats)
     new_lp, enc_lp = ops.box_refine_reference(delta, boxes, num_feats)
-    assert new.is_contiguous() and enc.is_contiguous()
+    if backend == "triton":  # the kernel writes contiguous outputs; the reference (eager, cuda) keeps delta's strides
+        assert new.is_contiguous() and enc.is_contiguous()
     check_close(new, new64, new_lp, delta.dtype, f"{what} new_boxes")
     check_close(enc, enc64, enc_lp, delta.dtype, f"{what} encoding")
     # the encoding is that of the stored (rounded) boxes: against the fp64 encoding of ``new`` itself
@@ -41,58 +43,62 @@ def _check(delta, boxes, num_feats, what=""):
 
 
 @kernel_test
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("target, dtype", targets("box_refine", dtypes=True), indirect=["target"])
 @pytest.mark.parametrize("num_feats", [2, 16, 128])
 @pytest.mark.parametrize("B, Q", [(1, 1), (3, 7), (1, 200), (3, 200)], ids=lambda v: str(v))
-def test_box_refine_shapes(B, Q, num_feats, dtype, request):
+def test_box_refine_shapes(target, B, Q, num_feats, dtype, request):
     gen = seed_for(request)
-    _check(*_inputs(gen, B, Q, dtype), num_feats, (B, Q, num_feats))
+    _check(target.backend, *_inputs(gen, B, Q, dtype, device=target.device), num_feats, (B, Q, num_feats))
 
 
 @kernel_test
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_box_refine_large_deltas_and_ragged_feats(dtype, request):
-    gen = seed_for(request)
-    _check(*_inputs(gen, 2, 9, dtype, delta_scale=30.0), 128, "large deltas")
-    _check(*_inputs(gen, 2, 5, dtype), 6, "num_feats 6 (3 pairs, padded to 4)")
-    _check(*_inputs(gen, 1, 3, dtype), 258, "num_feats 258")
+@pytest.mark.parametrize("target, dtype", targets("box_refine", dtypes=True), indirect=["target"])
+def test_box_refine_large_deltas_and_ragged_feats(target, dtype, request):
+    gen, dev, backend = seed_for(request), target.device, target.backend
+    _check(backend, *_inputs(gen, 2, 9, dtype, delta_scale=30.0, device=dev), 128, "large deltas")
+    _check(backend, *_inputs(gen, 2, 5, dtype, device=dev), 6, "num_feats 6 (3 pairs, padded to 4)")
+    _check(backend, *_inputs(gen, 1, 3, dtype, device=dev), 258, "num_feats 258")
 
 
 @kernel_test
-def test_box_refine_clamps(request):
+@pytest.mark.parametrize("target", targets("box_refine"), indirect=True)
+def test_box_refine_clamps(target, request):
     """Boxes at and beyond the clamps (x ≤ 1e-3, x ≥ 1 − 1e-3, outside [0, 1]) with zero delta: the refined box is
     sigmoid(±log(1e3)) (or sigmoid of the box's own log-odds inside the clamp range)."""
     boxes = torch.tensor([[[1e-5, 1 - 1e-5, 0.0, 1.0], [-0.5, 1.5, 1e-3, 0.999], [0.25, 0.5, 0.75, 2e-3]]],
-                         device=DEVICE)
+                         device=target.device)
     delta = torch.zeros_like(boxes)
-    new, _ = ops.box_refine(delta, boxes, 16, backend="triton")
+    new, _ = ops.box_refine(delta, boxes, 16, backend=target.backend)
     lo, hi = 1 / (1 + 1e3), 1e3 / (1 + 1e3)
-    want = torch.tensor([[[lo, hi, lo, hi], [lo, hi, 1e-3, 0.999], [0.25, 0.5, 0.75, 2e-3]]], device=DEVICE)
+    want = torch.tensor([[[lo, hi, lo, hi], [lo, hi, 1e-3, 0.999], [0.25, 0.5, 0.75, 2e-3]]], device=target.device)
     torch.testing.assert_close(new, want, rtol=1e-5, atol=1e-6)
-    _check(delta, boxes, 16, "clamps")
+    _check(target.backend, delta, boxes, 16, "clamps")
 
 
 @kernel_test
-def test_box_refine_strided_inputs(request):
-    gen = seed_for(request)
-    delta, boxes = _inputs(gen, 3, 9)
+@pytest.mark.parametrize("target", targets("box_refine"), indirect=True)
+def test_box_refine_strided_inputs(target, request):
+    gen, dev, backend = seed_for(request), target.device, target.backend
+    delta, boxes = _inputs(gen, 3, 9, device=dev)
     wide_d = delta.repeat(1, 1, 2)[..., 1:5]  # last-dim slice: strides (72, 8, 1)
-    _check(wide_d, boxes, 16, "sliced delta")
-    _check(delta.transpose(0, 1).contiguous().transpose(0, 1), boxes.transpose(0, 1).contiguous().transpose(0, 1),
-           16, "batch-minor")
-    _check(delta, boxes[:1].expand(3, 9, 4), 16, "expanded boxes (batch stride 0, the first layer's)")
-    spaced = torch.empty(3, 9, 8, device=DEVICE)[..., ::2]  # last-dim stride 2
+    _check(backend, wide_d, boxes, 16, "sliced delta")
+    _check(backend, delta.transpose(0, 1).contiguous().transpose(0, 1),
+           boxes.transpose(0, 1).contiguous().transpose(0, 1), 16, "batch-minor")
+    _check(backend, delta, boxes[:1].expand(3, 9, 4), 16, "expanded boxes (batch stride 0, the first layer's)")
+    spaced = torch.empty(3, 9, 8, device=dev)[..., ::2]  # last-dim stride 2
     spaced.copy_(boxes)
-    _check(delta, spaced, 8, "strided boxes")
+    _check(backend, delta, spaced, 8, "strided boxes")
 
 
 @kernel_test
-def test_box_refine_empty(request):
-    new, enc = ops.box_refine(torch.zeros(2, 0, 4, device=DEVICE), torch.zeros(2, 0, 4, device=DEVICE), 16,
-                              backend="triton")
+@pytest.mark.parametrize("target", targets("box_refine"), indirect=True)
+def test_box_refine_empty(target, request):
+    dev = target.device
+    new, enc = ops.box_refine(torch.zeros(2, 0, 4, device=dev), torch.zeros(2, 0, 4, device=dev), 16,
+                              backend=target.backend)
     assert new.shape == (2, 0, 4) and enc.shape == (2, 0, 64)
-    new, enc = ops.box_refine(torch.zeros(0, 5, 4, device=DEVICE), torch.zeros(0, 5, 4, device=DEVICE), 16,
-                              backend="triton")
+    new, enc = ops.box_refine(torch.zeros(0, 5, 4, device=dev), torch.zeros(0, 5, 4, device=dev), 16,
+                              backend=target.backend)
     assert new.shape == (0, 5, 4) and enc.shape == (0, 5, 64)
 
 

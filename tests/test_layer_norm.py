@@ -1,5 +1,7 @@
-"""Triton add_layer_norm (residual add + LayerNorm) against the eager reference, argument errors and dispatch."""
-from _interp import CUDA, DTYPES, check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+"""add_layer_norm (residual add + LayerNorm) on every backend registered for it (tests/_backends.py) against the
+eager reference, argument errors and dispatch."""
+from _interp import CUDA, DEVICE, check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+from _backends import targets
 
 import warnings
 
@@ -11,15 +13,16 @@ import sam3lt.ops as ops
 from sam3lt.ops import _backend
 
 
-def _inputs(gen, shape, dtype, param_dtype=None, scale=1.0):
+def _inputs(gen, shape, dtype, param_dtype=None, scale=1.0, device=DEVICE):
     channels = shape[-1]
     param_dtype = param_dtype or dtype
-    return (randn(gen, *shape, dtype=dtype, scale=scale), randn(gen, *shape, dtype=dtype, scale=scale),
-            randn(gen, channels, dtype=param_dtype), randn(gen, channels, dtype=param_dtype))
+    x, residual = (randn(gen, *shape, dtype=dtype, scale=scale, device=device) for _ in range(2))
+    weight, bias = (randn(gen, channels, dtype=param_dtype, device=device) for _ in range(2))
+    return x, residual, weight, bias
 
 
-def _check(x, residual, weight, bias, eps, what=""):
-    out_sum, normed = ops.add_layer_norm(x, residual, weight, bias, eps, backend="triton")
+def _check(backend, x, residual, weight, bias, eps, what=""):
+    out_sum, normed = ops.add_layer_norm(x, residual, weight, bias, eps, backend=backend)
     ref_sum, ref_normed = ops.add_layer_norm_reference(x, residual, weight, bias, eps)
     assert out_sum.shape == x.shape and out_sum.dtype == x.dtype
     assert torch.equal(out_sum, ref_sum), f"{what}: the sum is one rounding of x + residual: bit-exact"
@@ -29,54 +32,61 @@ def _check(x, residual, weight, bias, eps, what=""):
 
 
 @kernel_test
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("target, dtype", targets("add_layer_norm", dtypes=True), indirect=["target"])
 @pytest.mark.parametrize("rows", [1, 7, 300])
 @pytest.mark.parametrize("channels", [64, 256, 1024, 100])
-def test_add_layer_norm(channels, rows, dtype, request):
-    _check(*_inputs(seed_for(request), (rows, channels), dtype), 1e-5, f"{rows}x{channels}")
+def test_add_layer_norm(target, channels, rows, dtype, request):
+    args = _inputs(seed_for(request), (rows, channels), dtype, device=target.device)
+    _check(target.backend, *args, 1e-5, f"{rows}x{channels}")
 
 
 @kernel_test
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("target, dtype", targets("add_layer_norm", dtypes=True), indirect=["target"])
 @pytest.mark.parametrize("shape", [(2, 5, 7, 64), (1, 9, 9, 100), (3, 1, 2, 256)], ids=str)
-def test_add_layer_norm_4d(shape, dtype, request):
-    _check(*_inputs(seed_for(request), shape, dtype), 1e-6, str(shape))
+def test_add_layer_norm_4d(target, shape, dtype, request):
+    _check(target.backend, *_inputs(seed_for(request), shape, dtype, device=target.device), 1e-6, str(shape))
 
 
 @kernel_test
+@pytest.mark.parametrize("target", targets("add_layer_norm"), indirect=True)
 @pytest.mark.parametrize("eps", [1e-6, 1e-5, 1e-3, 0.1])
-def test_add_layer_norm_eps(eps, request):
+def test_add_layer_norm_eps(target, eps, request):
     # small activations: eps is a sizeable part of the variance
-    _check(*_inputs(seed_for(request), (7, 100), torch.float32, scale=0.02), eps, f"eps={eps}")
+    args = _inputs(seed_for(request), (7, 100), torch.float32, scale=0.02, device=target.device)
+    _check(target.backend, *args, eps, f"eps={eps}")
 
 
 @kernel_test
+@pytest.mark.parametrize("target", targets("add_layer_norm"), indirect=True)
 @pytest.mark.parametrize("layout", ["channel_stride", "transposed", "mixed", "strided_params"])
-def test_add_layer_norm_non_contiguous(layout, request):
-    gen = seed_for(request)
-    x, residual, weight, bias = _inputs(gen, (4, 6, 100), torch.float32)
+def test_add_layer_norm_non_contiguous(target, layout, request):
+    gen, dev = seed_for(request), target.device
+    x, residual, weight, bias = _inputs(gen, (4, 6, 100), torch.float32, device=dev)
     if layout == "channel_stride":  # a view with column stride 2 and a wider row stride
-        x, residual = randn(gen, 4, 6, 200)[..., ::2], randn(gen, 4, 6, 300)[..., 50:150]
+        x, residual = randn(gen, 4, 6, 200, device=dev)[..., ::2], randn(gen, 4, 6, 300, device=dev)[..., 50:150]
     elif layout == "transposed":  # leading dims that do not collapse: the launcher copies
-        x, residual = randn(gen, 6, 4, 100).transpose(0, 1), randn(gen, 6, 4, 100).transpose(0, 1)
+        x, residual = (randn(gen, 6, 4, 100, device=dev).transpose(0, 1) for _ in range(2))
     elif layout == "mixed":
-        residual = randn(gen, 100, 6, 4).permute(2, 1, 0)
+        residual = randn(gen, 100, 6, 4, device=dev).permute(2, 1, 0)
     else:
-        weight, bias = randn(gen, 300)[::3], randn(gen, 100, 2)[:, 1]
+        weight, bias = randn(gen, 300, device=dev)[::3], randn(gen, 100, 2, device=dev)[:, 1]
     assert not (x.is_contiguous() and residual.is_contiguous() and weight.is_contiguous())
-    _check(x, residual, weight, bias, 1e-5, layout)
+    _check(target.backend, x, residual, weight, bias, 1e-5, layout)
 
 
 @kernel_test
-def test_add_layer_norm_fp32_params_with_fp16_input(request):
+@pytest.mark.parametrize("target", targets("add_layer_norm"), indirect=True)
+def test_add_layer_norm_fp32_params_with_fp16_input(target, request):
     """fp16 activations with fp32 LayerNorm parameters (torch's mixed-dtype layer_norm): fp16 outputs."""
-    _check(*_inputs(seed_for(request), (7, 256), torch.float16, torch.float32), 1e-5)
+    args = _inputs(seed_for(request), (7, 256), torch.float16, torch.float32, device=target.device)
+    _check(target.backend, *args, 1e-5)
 
 
 @kernel_test
-def test_add_layer_norm_empty(request):
-    x, residual, weight, bias = _inputs(seed_for(request), (0, 64), torch.float32)
-    out_sum, normed = ops.add_layer_norm(x, residual, weight, bias, backend="triton")
+@pytest.mark.parametrize("target", targets("add_layer_norm"), indirect=True)
+def test_add_layer_norm_empty(target, request):
+    x, residual, weight, bias = _inputs(seed_for(request), (0, 64), torch.float32, device=target.device)
+    out_sum, normed = ops.add_layer_norm(x, residual, weight, bias, backend=target.backend)
     assert out_sum.shape == normed.shape == (0, 64)
 
 

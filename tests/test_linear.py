@@ -1,6 +1,7 @@
-"""Triton linear (GEMM + bias / activation / residual epilogue) against the eager reference; argument checks,
-backend selection (auto keeps cuBLAS) and the model's MLP."""
-from _interp import DEVICE, DTYPES, check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+"""linear (GEMM + bias / activation / residual epilogue) on every backend registered for it (tests/_backends.py)
+against the eager reference; argument checks, backend selection (auto keeps cuBLAS) and the model's MLP."""
+from _interp import DEVICE, check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+from _backends import targets
 
 import pytest
 import torch
@@ -12,8 +13,8 @@ from sam3lt.ops import _backend
 ACTS = [None, "gelu", "relu"]
 
 
-def _check(x, w, b=None, act=None, r=None, what=""):
-    out = ops.linear(x, w, b, act, r, backend="triton")
+def _check(backend, x, w, b=None, act=None, r=None, what=""):
+    out = ops.linear(x, w, b, act, r, backend=backend)
     d = lambda t: None if t is None else t.double()  # noqa: E731
     check_close(out, ops.linear_reference(d(x), d(w), d(b), act, d(r)), ops.linear_reference(x, w, b, act, r),
                 x.dtype, what)
@@ -24,46 +25,49 @@ SHAPES = [(1, 64, 96), (77, 200, 130), (300, 256, 512), (1100, 40, 130), (5, 0, 
 
 
 @kernel_test
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("target, dtype", targets("linear", dtypes=True), indirect=["target"])
 @pytest.mark.parametrize("M, K, N", SHAPES, ids=lambda v: str(v))
-def test_linear_shapes(M, K, N, dtype, request):
-    gen = seed_for(request)
-    x, w, b, r = randn(gen, M, K, dtype=dtype), randn(gen, N, K, dtype=dtype), randn(gen, N, dtype=dtype), \
-        randn(gen, M, N, dtype=dtype)
-    _check(x, w, b, "gelu", r, (M, K, N))
+def test_linear_shapes(target, M, K, N, dtype, request):
+    gen, dev = seed_for(request), target.device
+    x, w, b, r = (randn(gen, *shape, dtype=dtype, device=dev) for shape in ((M, K), (N, K), (N,), (M, N)))
+    _check(target.backend, x, w, b, "gelu", r, (M, K, N))
 
 
 @kernel_test
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("target, dtype", targets("linear", dtypes=True), indirect=["target"])
 @pytest.mark.parametrize("act", ACTS, ids=str)
 @pytest.mark.parametrize("bias, residual", [(False, False), (True, False), (False, True), (True, True)],
                          ids=["plain", "bias", "residual", "bias+residual"])
-def test_linear_epilogues(act, bias, residual, dtype, request):
-    gen = seed_for(request)
-    x = randn(gen, 2, 3, 11, 72, dtype=dtype)  # 4-D x: 66 rows
-    w = randn(gen, 40, 72, dtype=dtype, scale=0.2)
-    b = randn(gen, 40, dtype=dtype) if bias else None
-    r = randn(gen, 2, 3, 11, 40, dtype=dtype) if residual else None
-    _check(x, w, b, act, r, f"{act} bias={bias} residual={residual}")
+def test_linear_epilogues(target, act, bias, residual, dtype, request):
+    gen, dev = seed_for(request), target.device
+    x = randn(gen, 2, 3, 11, 72, dtype=dtype, device=dev)  # 4-D x: 66 rows
+    w = randn(gen, 40, 72, dtype=dtype, scale=0.2, device=dev)
+    b = randn(gen, 40, dtype=dtype, device=dev) if bias else None
+    r = randn(gen, 2, 3, 11, 40, dtype=dtype, device=dev) if residual else None
+    _check(target.backend, x, w, b, act, r, f"{act} bias={bias} residual={residual}")
 
 
 @kernel_test
-def test_linear_strided_inputs(request):
-    gen = seed_for(request)
-    x = randn(gen, 3, 40, 17)[:, ::2].transpose(1, 2)  # (3, 17, 20), K not innermost: reshape copies
-    x_sliced = randn(gen, 4, 9, 50)[..., 3:35]  # (4, 9, 32), row stride 50: a view
-    w_t = randn(gen, 20, 33).t()  # weight (33, 20) as a transposed view: strides (1, 33)
-    w = randn(gen, 33, 64)[:, ::2]  # (33, 32), K stride 2
-    b = randn(gen, 66)[::2]  # (33,), stride 2
-    r = randn(gen, 9, 4, 33).transpose(0, 1)  # (4, 9, 33), non-contiguous residual
-    _check(x, w_t, b, "gelu", randn(gen, 17, 3, 33).transpose(0, 1), "x transposed")
-    _check(x_sliced, w, b, "relu", r, "x sliced")
+@pytest.mark.parametrize("target", targets("linear"), indirect=True)
+def test_linear_strided_inputs(target, request):
+    gen, dev = seed_for(request), target.device
+    x = randn(gen, 3, 40, 17, device=dev)[:, ::2].transpose(1, 2)  # (3, 17, 20), K not innermost: reshape copies
+    x_sliced = randn(gen, 4, 9, 50, device=dev)[..., 3:35]  # (4, 9, 32), row stride 50: a view
+    w_t = randn(gen, 20, 33, device=dev).t()  # weight (33, 20) as a transposed view: strides (1, 33)
+    w = randn(gen, 33, 64, device=dev)[:, ::2]  # (33, 32), K stride 2
+    b = randn(gen, 66, device=dev)[::2]  # (33,), stride 2
+    r = randn(gen, 9, 4, 33, device=dev).transpose(0, 1)  # (4, 9, 33), non-contiguous residual
+    r_t = randn(gen, 17, 3, 33, device=dev).transpose(0, 1)
+    _check(target.backend, x, w_t, b, "gelu", r_t, "x transposed")
+    _check(target.backend, x_sliced, w, b, "relu", r, "x sliced")
 
 
 @kernel_test
-def test_linear_empty(request):
-    gen = seed_for(request)
-    out = ops.linear(randn(gen, 0, 7, 16), randn(gen, 8, 16), None, "gelu", backend="triton")
+@pytest.mark.parametrize("target", targets("linear"), indirect=True)
+def test_linear_empty(target, request):
+    gen, dev = seed_for(request), target.device
+    x, w = randn(gen, 0, 7, 16, device=dev), randn(gen, 8, 16, device=dev)
+    out = ops.linear(x, w, None, "gelu", backend=target.backend)
     assert out.shape == (0, 7, 8)
 
 

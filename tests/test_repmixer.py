@@ -1,7 +1,9 @@
-"""Triton repmixer_dwconv against the eager reference (on CUDA, else in the Triton interpreter)."""
+"""repmixer_dwconv and the fused repmixer_block_dwconv on every backend registered for them (tests/_backends.py:
+triton on CUDA or in the interpreter, cuda on the GPU or in the emulator) against the eager reference."""
 import random
 
-from _interp import DEVICE, DTYPES, check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+from _interp import check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+from _backends import targets
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ CASES = [(1, 1, 16, 11, True), (2, 77, 64, 11, True), (1, 77, 48, 3, False), (70
          (3, 13, 20, 7, False), (1, 4, 5, 1, True)]
 CASES += [(_rng.randint(1, 4), _rng.randint(1, 77), _rng.randint(1, 96), _rng.choice([3, 5, 7, 11]),
            _rng.random() < 0.5) for _ in range(3)]
+CASES += [(2, 9, 12, 13, True), (1, 30, 40, 21, False)]  # wide kernels (K 13, 21)
 
 
 def _dwconv64(x, w, b, residual):
@@ -39,39 +42,44 @@ def test_fp64_helper_is_the_reference():
 
 
 @kernel_test
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("target, dtype", targets("repmixer_dwconv", dtypes=True), indirect=["target"])
 @pytest.mark.parametrize("B, L, C, K, residual", CASES)
-def test_repmixer_matches_reference(B, L, C, K, residual, dtype, request):
-    gen = seed_for(request)
-    x = randn(gen, B, L, C, dtype=dtype)
-    w = randn(gen, C, K, dtype=dtype, scale=0.3)
-    b = randn(gen, C, dtype=dtype)
-    out = ops.repmixer_dwconv(x, w, b, residual, backend="triton")
+def test_repmixer_matches_reference(target, B, L, C, K, residual, dtype, request):
+    gen, dev = seed_for(request), target.device
+    x = randn(gen, B, L, C, dtype=dtype, device=dev)
+    w = randn(gen, C, K, dtype=dtype, scale=0.3, device=dev)
+    b = randn(gen, C, dtype=dtype, device=dev)
+    out = ops.repmixer_dwconv(x, w, b, residual, backend=target.backend)
     assert out.is_contiguous()
     check_close(out, *_ref_pair(x, w, b, residual), dtype, f"B{B} L{L} C{C} K{K}")
 
 
 @kernel_test
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("target, dtype", targets("repmixer_dwconv", dtypes=True), indirect=["target"])
 @pytest.mark.parametrize("layout", ["channels_first_view", "strided_slice", "strided_weight"])
-def test_repmixer_non_contiguous(layout, dtype, request):
-    gen = seed_for(request)
+def test_repmixer_non_contiguous(target, layout, dtype, request):
+    gen, dev = seed_for(request), target.device
     B, L, C, K = 2, 23, 24, 11
     if layout == "channels_first_view":  # (B, C, L) storage seen as (B, L, C), as after a conv layer
-        x = randn(gen, B, C, L, dtype=dtype).transpose(1, 2)
+        x = randn(gen, B, C, L, dtype=dtype, device=dev).transpose(1, 2)
     else:
-        x = randn(gen, B, 2 * L, C + 3, dtype=dtype)[:, ::2, 1:C + 1]
-    w = randn(gen, K, C, dtype=dtype, scale=0.3).t() if layout == "strided_weight" else randn(gen, C, K, dtype=dtype)
-    b = randn(gen, 2 * C, dtype=dtype)[::2]
+        x = randn(gen, B, 2 * L, C + 3, dtype=dtype, device=dev)[:, ::2, 1:C + 1]
+    if layout == "strided_weight":
+        w = randn(gen, K, C, dtype=dtype, scale=0.3, device=dev).t()
+    else:
+        w = randn(gen, C, K, dtype=dtype, scale=0.3, device=dev)
+    b = randn(gen, 2 * C, dtype=dtype, device=dev)[::2]
     assert not x.is_contiguous()
-    out = ops.repmixer_dwconv(x, w, b, True, backend="triton")
+    out = ops.repmixer_dwconv(x, w, b, True, backend=target.backend)
     check_close(out, *_ref_pair(x, w, b, True), dtype, layout)
 
 
 @kernel_test
-def test_repmixer_empty_batch():
-    x = torch.empty(0, 7, 8, device=DEVICE)
-    out = ops.repmixer_dwconv(x, torch.ones(8, 3, device=DEVICE), torch.ones(8, device=DEVICE), backend="triton")
+@pytest.mark.parametrize("target", targets("repmixer_dwconv"), indirect=True)
+def test_repmixer_empty_batch(target):
+    dev = target.device
+    x = torch.empty(0, 7, 8, device=dev)
+    out = ops.repmixer_dwconv(x, torch.ones(8, 3, device=dev), torch.ones(8, device=dev), True, backend=target.backend)
     assert out.shape == (0, 7, 8)
 
 
@@ -87,14 +95,14 @@ def _block_ref_pair(x, w1, b1, w2, b2):
 
 
 @kernel_test
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("target, dtype", targets("repmixer_block_dwconv", dtypes=True), indirect=["target"])
 @pytest.mark.parametrize("B, L, C, K1, K2", BLOCK_CASES)
-def test_repmixer_block_matches_reference(B, L, C, K1, K2, dtype, request):
-    gen = seed_for(request)
-    x = randn(gen, B, L, C, dtype=dtype)
-    w1, w2 = randn(gen, C, K1, dtype=dtype, scale=0.3), randn(gen, C, K2, dtype=dtype, scale=0.3)
-    b1, b2 = randn(gen, C, dtype=dtype), randn(gen, C, dtype=dtype)
-    mixed, ffn_in = ops.repmixer_block_dwconv(x, w1, b1, w2, b2, backend="triton")
+def test_repmixer_block_matches_reference(target, B, L, C, K1, K2, dtype, request):
+    gen, dev = seed_for(request), target.device
+    x = randn(gen, B, L, C, dtype=dtype, device=dev)
+    w1, w2 = (randn(gen, C, k, dtype=dtype, scale=0.3, device=dev) for k in (K1, K2))
+    b1, b2 = randn(gen, C, dtype=dtype, device=dev), randn(gen, C, dtype=dtype, device=dev)
+    mixed, ffn_in = ops.repmixer_block_dwconv(x, w1, b1, w2, b2, backend=target.backend)
     (mixed64, ffn64), (mixed_ref, ffn_ref) = _block_ref_pair(x, w1, b1, w2, b2)
     assert mixed.is_contiguous() and ffn_in.is_contiguous()
     check_close(mixed, mixed64, mixed_ref, dtype, f"mixed B{B} L{L} C{C}")
@@ -105,15 +113,23 @@ def test_repmixer_block_matches_reference(B, L, C, K1, K2, dtype, request):
 
 
 @kernel_test
-def test_repmixer_block_non_contiguous_and_too_long(request):
-    gen = seed_for(request)
-    x = randn(gen, 2, 24, 19).transpose(1, 2)  # (B, L=19, C=24) view of channels-first storage
-    w1, w2 = randn(gen, 24, 11, scale=0.3), randn(gen, 11, 24, scale=0.3).t()
-    b1, b2 = randn(gen, 24), randn(gen, 24)
-    mixed, ffn_in = ops.repmixer_block_dwconv(x, w1, b1, w2, b2, backend="triton")
+@pytest.mark.parametrize("target", targets("repmixer_block_dwconv"), indirect=True)
+def test_repmixer_block_non_contiguous(target, request):
+    gen, dev = seed_for(request), target.device
+    x = randn(gen, 2, 24, 19, device=dev).transpose(1, 2)  # (B, L=19, C=24) view of channels-first storage
+    w1, w2 = randn(gen, 24, 11, scale=0.3, device=dev), randn(gen, 11, 24, scale=0.3, device=dev).t()
+    b1, b2 = randn(gen, 24, device=dev), randn(gen, 24, device=dev)
+    mixed, ffn_in = ops.repmixer_block_dwconv(x, w1, b1, w2, b2, backend=target.backend)
     (mixed64, _), (mixed_ref, ffn_ref) = _block_ref_pair(x, w1, b1, w2, b2)
     check_close(mixed, mixed64, mixed_ref, torch.float32, "mixed")
     check_close(ffn_in, _dwconv64(mixed, w2, b2, False), ffn_ref, torch.float32, "ffn_in")
+
+
+@kernel_test
+def test_repmixer_block_too_long_for_triton(request):
+    gen = seed_for(request)
+    w1, w2 = randn(gen, 24, 11, scale=0.3), randn(gen, 11, 24, scale=0.3).t()
+    b1, b2 = randn(gen, 24), randn(gen, 24)
     long_x = randn(gen, 1, 200, 24)
     with pytest.raises(ops.BackendUnavailable, match="prompt length 200"):
         ops.repmixer_block_dwconv(long_x, w1, b1, w2, b2, backend="triton")

@@ -1,5 +1,8 @@
-"""Triton upsample_nearest_add, mask_product and masks_to_binary against the eager references."""
-from _interp import DEVICE, DTYPES, check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+"""upsample_nearest_add, mask_product and masks_to_binary on every backend registered for them
+(tests/_backends.py: triton on CUDA or in the interpreter, cuda on the GPU or in the emulator) against the eager
+references."""
+from _interp import check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+from _backends import targets
 
 import pytest
 import torch
@@ -13,29 +16,30 @@ SIZES = [((4, 4), (8, 8)), ((3, 5), (7, 11)), ((5, 3), (5, 3)), ((6, 9), (4, 5))
 
 
 @kernel_test
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("target, dtype", targets("upsample_nearest_add", dtypes=True), indirect=["target"])
 @pytest.mark.parametrize("src, dst", SIZES, ids=lambda s: "x".join(map(str, s)))
-def test_upsample_nearest_add_exact(src, dst, dtype, request):
-    gen = seed_for(request)
-    x = randn(gen, 2, 3, *src, dtype=dtype)
-    skip = randn(gen, 2, 3, *dst, dtype=dtype)
-    out = ops.upsample_nearest_add(x, skip, backend="triton")
+def test_upsample_nearest_add_exact(target, src, dst, dtype, request):
+    gen, dev = seed_for(request), target.device
+    x = randn(gen, 2, 3, *src, dtype=dtype, device=dev)
+    skip = randn(gen, 2, 3, *dst, dtype=dtype, device=dev)
+    out = ops.upsample_nearest_add(x, skip, backend=target.backend)
     ref = ops.upsample_nearest_add_reference(x, skip)
     assert out.dtype == dtype and out.shape == ref.shape
     assert torch.equal(out, ref)  # a gather and one rounding: bit-exact
 
 
 @kernel_test
+@pytest.mark.parametrize("target", targets("upsample_nearest_add"), indirect=True)
 @pytest.mark.parametrize("layout", ["channels_last", "sliced"])
-def test_upsample_nearest_add_non_contiguous(layout, request):
-    gen = seed_for(request)
+def test_upsample_nearest_add_non_contiguous(target, layout, request):
+    gen, dev = seed_for(request), target.device
     if layout == "channels_last":
-        x = randn(gen, 2, 5, 6, 7).to(memory_format=torch.channels_last)
-        skip = randn(gen, 2, 5, 12, 14).to(memory_format=torch.channels_last)
+        x = randn(gen, 2, 5, 6, 7, device=dev).to(memory_format=torch.channels_last)
+        skip = randn(gen, 2, 5, 12, 14, device=dev).to(memory_format=torch.channels_last)
     else:
-        x = randn(gen, 2, 10, 6, 9)[:, ::2, :, 1:8]
-        skip = randn(gen, 2, 5, 13, 16)[..., 1:15]
-    out = ops.upsample_nearest_add(x, skip, backend="triton")
+        x = randn(gen, 2, 10, 6, 9, device=dev)[:, ::2, :, 1:8]
+        skip = randn(gen, 2, 5, 13, 16, device=dev)[..., 1:15]
+    out = ops.upsample_nearest_add(x, skip, backend=target.backend)
     assert torch.equal(out, ops.upsample_nearest_add_reference(x, skip))
 
 
@@ -44,22 +48,23 @@ PRODUCT_CASES = [(2, 37, 40, 9, 13), (1, 1, 16, 1, 1), (1, 5, 300, 4, 4), (3, 20
 
 
 @kernel_test
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("target, dtype", targets("mask_product", dtypes=True), indirect=["target"])
 @pytest.mark.parametrize("B, Q, C, H, W", PRODUCT_CASES)
-def test_mask_product(B, Q, C, H, W, dtype, request):
-    gen = seed_for(request)
-    a = randn(gen, B, Q, C, dtype=dtype)
-    p = randn(gen, B, C, H, W, dtype=dtype)
-    out = ops.mask_product(a, p, backend="triton")
+def test_mask_product(target, B, Q, C, H, W, dtype, request):
+    gen, dev = seed_for(request), target.device
+    a = randn(gen, B, Q, C, dtype=dtype, device=dev)
+    p = randn(gen, B, C, H, W, dtype=dtype, device=dev)
+    out = ops.mask_product(a, p, backend=target.backend)
     check_close(out, ops.mask_product_reference(a.double(), p.double()), ops.mask_product_reference(a, p), dtype)
 
 
 @kernel_test
-def test_mask_product_non_contiguous(request):
-    gen = seed_for(request)
-    a = randn(gen, 2, 16, 11).transpose(1, 2)  # (2, 11, 16) with strides
-    p = randn(gen, 2, 16, 6, 10).to(memory_format=torch.channels_last)
-    out = ops.mask_product(a, p, backend="triton")
+@pytest.mark.parametrize("target", targets("mask_product"), indirect=True)
+def test_mask_product_non_contiguous(target, request):
+    gen, dev = seed_for(request), target.device
+    a = randn(gen, 2, 16, 11, device=dev).transpose(1, 2)  # (2, 11, 16) with strides
+    p = randn(gen, 2, 16, 6, 10, device=dev).to(memory_format=torch.channels_last)
+    out = ops.mask_product(a, p, backend=target.backend)
     check_close(out, ops.mask_product_reference(a.double(), p.double()), ops.mask_product_reference(a, p),
                 torch.float32)
 
@@ -87,20 +92,21 @@ BINARY_CASES = [((3, 9, 11), (20, 37)), ((2, 8, 8), (8, 8)), ((1, 16, 16), (5, 7
 
 @kernel_test
 @pytest.mark.parametrize("threshold", [0.5, 0.3])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("target, dtype", targets("masks_to_binary", dtypes=True), indirect=["target"])
 @pytest.mark.parametrize("src, size", BINARY_CASES, ids=lambda s: "x".join(map(str, s)))
-def test_masks_to_binary(src, size, dtype, threshold, request):
+def test_masks_to_binary(target, src, size, dtype, threshold, request):
     gen = seed_for(request)
-    logits = randn(gen, *src, dtype=dtype, scale=3.0)
-    out = ops.masks_to_binary(logits, size, threshold, backend="triton")
+    logits = randn(gen, *src, dtype=dtype, scale=3.0, device=target.device)
+    out = ops.masks_to_binary(logits, size, threshold, backend=target.backend)
     _check_binary(out, logits, size, threshold, dtype)
 
 
 @kernel_test
-def test_masks_to_binary_non_contiguous_and_empty(request):
-    gen = seed_for(request)
-    logits = randn(gen, 3, 12, 10, scale=3.0).transpose(1, 2)
-    _check_binary(ops.masks_to_binary(logits, (31, 17), 0.5, backend="triton"), logits, (31, 17), 0.5, torch.float32)
-    empty = torch.empty(0, 12, 10, device=DEVICE)
-    out = ops.masks_to_binary(empty, (31, 17), 0.5, backend="triton")
+@pytest.mark.parametrize("target", targets("masks_to_binary"), indirect=True)
+def test_masks_to_binary_non_contiguous_and_empty(target, request):
+    gen, dev = seed_for(request), target.device
+    logits = randn(gen, 3, 12, 10, scale=3.0, device=dev).transpose(1, 2)
+    out = ops.masks_to_binary(logits, (31, 17), 0.5, backend=target.backend)
+    _check_binary(out, logits, (31, 17), 0.5, torch.float32)
+    out = ops.masks_to_binary(torch.empty(0, 12, 10, device=dev), (31, 17), 0.5, backend=target.backend)
     assert out.shape == (0, 31, 17) and out.dtype == torch.bool
