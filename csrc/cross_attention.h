@@ -1,6 +1,9 @@
 // Host side of cross_attention.cu: box_bias_attention and masked_attention (checks, parameters, launch, Meta).
 #pragma once
 
+#include <algorithm>
+#include <optional>
+
 #include "host.h"
 
 namespace sam3lt {
@@ -13,6 +16,30 @@ inline void check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, 
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(), op, ": q, k, v dtypes differ");
   check_device(op, q, {&k, &v});
   check_head_dim(op, q.size(3));
+}
+
+// Keys split across the grid when B·heads·⌈Lq/64⌉ CTAs would leave SMs idle (one prompt: 8 heads × 4 query
+// blocks = 32 CTAs on 132 SMs): about two CTAs per SM, each split keeping at least 8 key tiles. The fp32 partial
+// outputs are allocated here and merged by launch_cross_attention.
+inline void plan_splits(AttnParams& p, const at::Tensor& q, std::optional<at::Tensor>& part, std::optional<at::Tensor>& lse) {
+  p.splits = 1;
+  p.split_keys = p.Lk;
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    return;
+  const int64_t ctas = static_cast<int64_t>(p.B) * p.heads * ((p.Lq + 63) / 64);
+  const int64_t tiles = (static_cast<int64_t>(p.Lk) + 63) / 64;
+  const int64_t want = std::min<int64_t>({(2 * sms + ctas - 1) / ctas, tiles / 8, 16});
+  if (want <= 1) return;
+  const int64_t per_split = (tiles + want - 1) / want;
+  p.split_keys = static_cast<int>(per_split * 64);
+  p.splits = static_cast<int>((tiles + per_split - 1) / per_split);
+  if (p.splits <= 1) return;
+  const int64_t rows = static_cast<int64_t>(p.B) * p.heads * p.Lq;
+  part = at::empty({p.splits, rows, p.head_dim}, q.options().dtype(at::kFloat));
+  lse = at::empty({p.splits, rows}, q.options().dtype(at::kFloat));
+  p.part = part->data_ptr<float>();
+  p.lse = lse->data_ptr<float>();
 }
 
 inline void fill_generic(AttnParams& p, const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -65,6 +92,8 @@ inline at::Tensor box_bias_attention(cudaStream_t stream, const at::Tensor& q, c
   }
   p.Wg = static_cast<int>(bias_x.size(3));
   p.bias_dtype = bias_dtype;
+  std::optional<at::Tensor> part, lse;  // alive until the launches are queued (stream-ordered allocator)
+  plan_splits(p, q, part, lse);
   check_launch(op, launch_cross_attention(p, stream));
   return out;
 }
@@ -92,6 +121,8 @@ inline at::Tensor masked_attention(cudaStream_t stream, const at::Tensor& q, con
     p.s_mb = mask.stride(0);
     p.s_mn = mask.stride(1);
   }
+  std::optional<at::Tensor> part, lse;  // alive until the launches are queued (stream-ordered allocator)
+  plan_splits(p, q, part, lse);
   check_launch(op, launch_cross_attention(p, stream));
   return out;
 }

@@ -141,7 +141,9 @@ SAM3LT_DEVICE float round_bias(float x, DType bias_dtype, DType dtype) {
   return x;
 }
 
-template <typename T, int D, AttnMode M>
+// kSplit: this CTA attends to one share of the keys (blockIdx.y) and writes a partial result (p.part, p.lse);
+// a separate instantiation, so the unsplit kernel carries none of it.
+template <typename T, int D, AttnMode M, bool kSplit>
 __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
   using L = AttnSmem<T, D>;
   constexpr bool k16 = L::k16;
@@ -211,7 +213,9 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
   for (int j = 0; j < D / 2; ++j) o[j] = 0.0f;
   float m_i = -INFINITY, l_i = 0.0f;
 
-  for (int n0 = 0; n0 < n_keys; n0 += kBN) {
+  const int key_begin = kSplit ? static_cast<int>(blockIdx.y) * p.split_keys : 0;
+  const int key_end = kSplit ? (key_begin + p.split_keys < n_keys ? key_begin + p.split_keys : n_keys) : n_keys;
+  for (int n0 = key_begin; n0 < key_end; n0 += kBN) {  // split_keys is a multiple of kBN
     __syncthreads();  // every warp is done with the previous K/V/P tiles
     for (int it = tid; it < kBN * kChunks; it += kAttnThreads) {
       const int i = it / kChunks, d0 = (it % kChunks) * 8;
@@ -326,6 +330,16 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
 
   // ---- epilogue: out = O / l (0 for rows without a valid key)
   if (!q_valid) return;
+  const float inv_l = l_i > 0.0f ? 1.0f / l_i : 0.0f;
+  if constexpr (kSplit) {  // this split's normalised output and log2-sum-exp2 (-inf: no valid key)
+    const int64_t row = (static_cast<int64_t>(blockIdx.y) * p.B * p.heads + static_cast<int64_t>(b) * p.heads + head) * p.Lq + qi;
+    float* part = p.part + row * p.head_dim;
+#pragma unroll
+    for (int j = 0; j < D / 2; ++j)
+      if (2 * j + hf < p.head_dim) part[2 * j + hf] = o[j] * inv_l;
+    if (hf == 0) p.lse[row] = l_i > 0.0f ? m_i + log2f(l_i) : -INFINITY;
+    return;
+  }
   T* dst = nullptr;
   if (window) {
     const int ty = qi / p.win_w;
@@ -341,7 +355,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
 #pragma unroll
   for (int j = 0; j < D / 2; ++j) {
     const int d = 2 * j + hf;
-    if (d < p.head_dim) dst[d] = from_float<T>(l_i > 0.0f ? o[j] / l_i : 0.0f);
+    if (d < p.head_dim) dst[d] = from_float<T>(o[j] * inv_l);
   }
 }
 
@@ -353,10 +367,12 @@ cudaError_t launch_attention_typed(const AttnParams& p, cudaStream_t stream) {
   const int64_t blocks = static_cast<int64_t>(p.B) * p.heads * (window ? p.n_win : 1) * ceil_div(rows, kBM);
   if (blocks == 0) return cudaSuccess;
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
-  auto kernel = &attention_kernel<T, D, M>;
+  const bool split = !window && p.splits > 1;
+  auto kernel = split ? &attention_kernel<T, D, M, true> : &attention_kernel<T, D, M, false>;
   constexpr size_t smem = L::bytes;
   if (smem > 48 * 1024) {  // opt in to more than 48 KiB of dynamic shared memory, once per device
-    static std::atomic<uint64_t> configured{0};
+    static std::atomic<uint64_t> configured_per_kernel[2] = {0, 0};  // unsplit, split
+    std::atomic<uint64_t>& configured = configured_per_kernel[split ? 1 : 0];
     int dev = 0;
     cudaError_t err = cudaGetDevice(&dev);
     if (err != cudaSuccess) return err;
@@ -367,7 +383,8 @@ cudaError_t launch_attention_typed(const AttnParams& p, cudaStream_t stream) {
       configured.fetch_or(bit);
     }
   }
-  SAM3LT_LAUNCH(kernel, dim3(static_cast<unsigned int>(blocks)), dim3(kAttnThreads), smem, stream, p);
+  const unsigned int splits = split ? static_cast<unsigned int>(p.splits) : 1u;
+  SAM3LT_LAUNCH(kernel, dim3(static_cast<unsigned int>(blocks), splits), dim3(kAttnThreads), smem, stream, p);
   return cudaGetLastError();
 }
 

@@ -83,6 +83,11 @@ struct AttnParams {
   DType bias_dtype;                      // dtype of the bias tables given: by + bx is rounded to it, then to the
                                          // input dtype (the reference sums in the bias dtype, then casts to q's)
   const uint8_t* mask; int64_t s_mb, s_mn;  // (B, Lk) 0/1, or null
+  // keys split across grid.y (flash-decoding, when the grid would leave SMs idle): split s attends to keys
+  // [s·split_keys, (s+1)·split_keys) and writes its normalised output to part (splits, B·heads, Lq, head_dim)
+  // and its log2-sum-exp2 to lse (splits, B·heads, Lq), fp32; launch_cross_attention merges them into out.
+  int splits, split_keys;
+  float* part; float* lse;
 
   // kWindow
   const void* qkv; int64_t s_qkv[4];  // (b, y, x, channel)

@@ -60,6 +60,33 @@ def test_box_bias_attention_bias_in_input_dtype_and_contiguous(target, dtype, re
     check_box(target.backend, q, k, v, bias_y, bias_x, dtype)
 
 
+# Keys split across the grid (flash-decoding) when the grid would leave SMs idle: the decoder's 201 queries at one
+# prompt over a 72x72 grid. The emulator reports an H200's 132 SMs, so the cuda launcher splits these few-CTA,
+# many-key cases by itself; the triton launcher splits only on a GPU, so the interpreter is told to (2 and 5).
+SPLIT_CASES = [(1, 1, 5, 32, 32, 32), (1, 2, 3, 40, 33, 16), (2, 1, 70, 36, 36, 32)]
+
+
+@kernel_test
+@pytest.mark.parametrize("target, dtype", targets("box_bias_attention", dtypes=True), indirect=["target"])
+@pytest.mark.parametrize("splits", [2, 5])
+@pytest.mark.parametrize("B, heads, Lq, Hg, Wg, D", SPLIT_CASES)
+def test_box_bias_attention_split_keys(target, B, heads, Lq, Hg, Wg, D, splits, dtype, request, monkeypatch):
+    asked = []
+    if target.backend == "triton" and not target.device.startswith("cuda"):
+        from sam3lt.kernels import cross_attention as kernel
+
+        monkeypatch.setattr(kernel, "_splits", lambda programs, tiles, q: asked.append(splits) or splits)
+    elif splits != 2:
+        pytest.skip("the launcher chooses the split count here")
+    args = box_case(seed_for(request), B, heads, Lq, Hg, Wg, D, dtype, target.device)
+    launches = torch.ops.sam3lt_emu.launch_count() if target.emulated else 0
+    check_box(target.backend, *args, dtype, f"split Lq{Lq} {Hg}x{Wg} D{D}")
+    if target.emulated:  # the attention kernel and the merge of its splits
+        assert torch.ops.sam3lt_emu.launch_count() - launches == 2
+    elif target.backend == "triton" and not target.device.startswith("cuda"):
+        assert asked == [splits]
+
+
 # (B, heads, Lq, Lk, D, mask): padded prompts (some keys masked, one batch entry with every key masked),
 # no mask, self-attention over more than a block, Lk = 1, the text encoder's 77 tokens, head dim 128
 MASK_CASES = [(2, 2, 9, 13, 16, "padded"), (3, 1, 5, 7, 32, "one_row_empty"), (1, 2, 70, 70, 32, "none"),
