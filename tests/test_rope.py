@@ -1,7 +1,8 @@
 """RoPE on fused QKV (``sam3lt.ops.rope_qkv``): every backend that runs here against an independent fp64 formula,
 the reference against window_attention's RoPE (bitwise) and attention (padded windows, global), argument checks,
 dispatch, opcheck."""
-from _interp import DEVICE, DTYPES, check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+from _interp import DEVICE, check_close, interpreter_env, kernel_test, randn, seed_for  # noqa: F401
+from _backends import targets
 
 import pytest
 import torch
@@ -16,13 +17,13 @@ import seeds
 SHAPES = [(1, 1, 1, 2), (2, 9, 3, 6), (3, 25, 2, 24), (2, 16, 2, 64), (1, 37, 1, 128)]
 
 
-def tables(gen, tokens, head_dim, paired=True):
+def tables(gen, tokens, head_dim, paired=True, device=DEVICE):
     """cos/sin (T, D) fp32. paired: HF's layout, one angle per channel pair repeated for both channels; otherwise
     an angle per channel (the spec reads cos/sin at each channel: the kernel must not assume the repetition)."""
     angles = torch.rand(tokens, head_dim // 2 if paired else head_dim, generator=gen, dtype=torch.float64) * 6.3
     if paired:
         angles = angles.repeat_interleave(2, -1)
-    return angles.cos().float().to(DEVICE), angles.sin().float().to(DEVICE)
+    return angles.cos().float().to(device), angles.sin().float().to(device)
 
 
 def rope64(qkv, cos, sin, num_heads):
@@ -51,16 +52,14 @@ def _backends():
 
 
 @kernel_test
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("target, dtype", targets("rope_qkv", dtypes=True), indirect=["target"])
 @pytest.mark.parametrize("paired", [True, False], ids=["hf-tables", "per-channel"])
 @pytest.mark.parametrize("N, T, heads, D", SHAPES, ids=lambda v: str(v))
-def test_rope_qkv_every_backend(N, T, heads, D, paired, dtype, request):
+def test_rope_qkv_every_backend(target, N, T, heads, D, paired, dtype, request):
     gen = seed_for(request)
-    backends = _backends()
-    assert "eager" in backends and (DEVICE == "cuda" or "triton" in backends), backends
-    qkv = randn(gen, N, T, 3 * heads * D, dtype=dtype)
-    cos, sin = tables(gen, T, D, paired)
-    for backend in backends:
+    qkv = randn(gen, N, T, 3 * heads * D, dtype=dtype, device=target.device)
+    cos, sin = tables(gen, T, D, paired, target.device)
+    for backend in ("eager", target.backend):
         out = _run(backend, qkv, cos, sin, heads, (N, T, heads, D))
         assert torch.equal(out[..., 2 * heads * D:], qkv[..., 2 * heads * D:]), "v must be copied unchanged"
 
