@@ -102,7 +102,8 @@ env_info() {
 GPU_TESTS=(tests/test_fast.py tests/test_model_backends.py tests/test_cuda_backend.py tests/test_cuda_ext.py
            tests/test_window_attention.py tests/test_cross_attention.py tests/test_repmixer.py
            tests/test_upsample.py tests/test_layer_norm.py tests/test_linear.py tests/test_tuning.py
-           tests/test_compile.py)
+           tests/test_compile.py tests/test_box_bias.py tests/test_box_refine.py tests/test_rope.py
+           tests/test_autotune.py)
 if (( DRY )); then
   echo "gpu_check: --cpu-dry-run (CPU, small sizes; nothing is installed)"
   BUILD=("$PY" -m pip install --no-build-isolation --no-deps -e . --dry-run)
