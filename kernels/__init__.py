@@ -2,17 +2,9 @@
 
 One module per op family, each with ``@triton.jit`` kernels and plain-Python launchers that take and return
 torch tensors (they allocate the output, pick the block sizes and launch through :func:`._utils.launch`, which
-goes through ``torch.library.wrap_triton`` so that the ``sam3lt::`` custom ops stay traceable):
-
-- :mod:`.repmixer`: depthwise 1×K token convolution + bias + residual (text encoder).
-- :mod:`.window_attention`: windowed / global ViT self-attention with in-kernel 2-D RoPE and padding.
-- :mod:`.cross_attention`: flash attention with the separable box bias or a key-padding mask (DETR heads).
-- :mod:`.upsample`: nearest upsample + add, the mask-product GEMM, bilinear-sigmoid-threshold to bool.
-- :mod:`.layer_norm`: residual add fused with the following LayerNorm (ViT blocks).
-- :mod:`.linear`: GEMM with a fused bias / GELU / ReLU / residual epilogue (MLPs).
-- :mod:`.box_bias`: the DETR decoder's box relative-position bias (log deltas + 2-layer MLP), both axes.
-- :mod:`.box_refine`: the DETR decoder's reference-box update (sigmoid of delta + inverse sigmoid) + box sine encoding.
-- :mod:`.rope`: the ViT's RoPE on the q and k parts of fused QKV token sequences, one pass.
+goes through ``torch.library.wrap_triton`` so that the ``sam3lt::`` custom ops stay traceable). The families
+are the module names (:data:`FAMILIES`, found on disk); each module's docstring says what its kernels
+compute and how.
 
 Each module also holds its launchers' limits: ``supports_<launcher>(*args) -> None | reason`` checks what that
 kernel cannot take (head dims, taps, devices, int32 indexing) for arguments the op has already validated.
