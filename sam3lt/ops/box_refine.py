@@ -86,7 +86,8 @@ def box_refine(delta: torch.Tensor, boxes: torch.Tensor, num_feats: int,
             Same floating dtype and device as delta.
         num_feats: features per coordinate (even; 128 in the model, half the model width).
     Returns:
-        new_boxes (B, Q, 4) and encoding (B, Q, 4·num_feats), contiguous, in delta's dtype. Under ``auto`` the
+        new_boxes (B, Q, 4) and encoding (B, Q, 4·num_feats) in delta's dtype (contiguous from the triton
+        kernel; eager, as the model code it replaces, may follow delta's strides). Under ``auto`` the
         triton kernel runs for CUDA inputs (eager computes in the input dtype step by step; the kernel computes
         in fp32, rounds the new box to the input dtype once and encodes that rounded box, as the eager code
         encodes the stored box).
