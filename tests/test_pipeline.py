@@ -263,7 +263,7 @@ def test_usage_errors_name_the_argument(tmp_path, inputs, text, message):
                                           ({"format": "tiff"}, "format"), ({"engine": "spark"}, "engine"),
                                           ({"preprocess": "gpu"}, "preprocess"), ({"workers": -1}, "workers"),
                                           ({"model": 3}, "model"), ({"ray_actor_cpus": 0}, "ray_actor_cpus"),
-                                          ({"ray_actors": 0}, "ray_actors")])
+                                          ({"ray_actors": 0}, "ray_actors"), ({"dtype": "float64"}, "dtype")])
 def test_bad_arguments(tmp_path, kwargs, name):
     with pytest.raises(UsageError, match=f"^{name}: "):
         segment_dataset(SAMPLE_IMAGE, text="cat", out=tmp_path, progress=False, **kwargs)

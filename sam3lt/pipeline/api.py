@@ -62,7 +62,7 @@ class Summary:
 
 def segment_dataset(inputs, text=None, out="sam3lt-out", model=None, *, processor=None, format: str | None = None,
                     overlays: bool = False, batch_size: int = 4, workers: int | None = None, device=None,
-                    dtype="float32", fast: bool = False, preprocess: str = "workers", threshold: float = 0.3,
+                    dtype=None, fast: bool = False, preprocess: str = "workers", threshold: float = 0.3,
                     mask_threshold: float = 0.5, prompt_batch: int = 64, max_pixels: int = MAX_PIXELS, seed: int = 0,
                     engine: str = "local", ray_address: str | None = None, ray_actors: int | None = None,
                     ray_actor_cpus: float | None = None, progress: bool = True) -> Summary:
@@ -80,7 +80,8 @@ def segment_dataset(inputs, text=None, out="sam3lt-out", model=None, *, processo
             (mask and overlay PNGs + results.json; default for one image).
         overlays: also write an overlay PNG per image in COCO format (``OUT/overlays/``).
         batch_size: images per vision forward. workers: DataLoader processes (default: min(4, CPUs - 1)).
-        device, dtype: where and in what precision the model runs (default: cuda when available, float32).
+        device, dtype: where and in what precision the model runs (default: cuda when available; a given
+            model's dtype, else float32). A given model is moved and cast in place.
         fast: run on ``sam3lt.optimize``'s fast path (static buffers; CUDA graphs on a GPU).
         preprocess: ``"workers"`` (resize in the workers, bitwise the processor) or ``"device"`` (resize on the
             device from uint8, within one uint8 level of the processor).
@@ -97,8 +98,7 @@ def segment_dataset(inputs, text=None, out="sam3lt-out", model=None, *, processo
     _check_choice("format", format, FORMATS, allow_none=True)
     _check_choice("engine", engine, ENGINES)
     _check_choice("preprocess", preprocess, PREPROCESS_MODES)
-    _check_choice("dtype", dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch."), DTYPES)
-    dtype = DTYPES[dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")]
+    dtype = _dtype(dtype, model)
     for name, value in (("batch_size", batch_size), ("prompt_batch", prompt_batch), ("max_pixels", max_pixels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"{name}: expected a positive integer, got {value!r}")
@@ -192,6 +192,16 @@ def segment_dataset(inputs, text=None, out="sam3lt-out", model=None, *, processo
                    segmented=(writer.finished - writer.failed) if writer else 0, failed=failed,
                    instances=writer.instances if writer else 0, seconds=seconds if pending else 0.0, times=times,
                    engine=engine, interrupted=interrupted)
+
+
+def _dtype(dtype, model) -> torch.dtype:
+    """``dtype`` as a torch dtype; None: the given model's own, else float32."""
+    if dtype is None:
+        plain = model.model if isinstance(model, FastSam3LiteText) else model
+        return plain.dtype if isinstance(plain, Sam3LiteTextModel) else torch.float32
+    name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    _check_choice("dtype", name, DTYPES)
+    return DTYPES[name]
 
 
 def _check_text(text) -> list[str]:
