@@ -23,7 +23,7 @@ TEXT_CACHE_SIZE = 64  # distinct prompt lists whose features stay on the device 
 
 def load_model(checkpoint: str | None, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
     """(model, processor, random_weights). Without a checkpoint: a tiny random-weight model, seeded."""
-    from .. import Sam3LiteTextConfig
+    from ..config import Sam3LiteTextConfig
 
     if checkpoint is None:
         torch.manual_seed(seed)
