@@ -299,9 +299,10 @@ def test_a_half_written_record_line_is_dropped(tmp_path, tiny):
     assert keys == [str(paths["plain.jpg"]), str(paths["gray.png"])]
 
 
-def test_killed_run_resumes_and_writes_each_image_once(tmp_path):
-    """A subprocess killed (SIGKILL) part-way, then the same command again: every image once, results equal to
-    an uninterrupted run's."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_resumes_and_writes_each_image_once(tmp_path, sig):
+    """A subprocess killed (SIGKILL) or interrupted (SIGINT, Ctrl-C) part-way, then the same command again: every
+    image once, results equal to an uninterrupted run's."""
     folder = tmp_path / "in"
     folder.mkdir()
     for k in range(40):
@@ -317,9 +318,12 @@ def test_killed_run_resumes_and_writes_each_image_once(tmp_path):
         if journal.is_file() and journal.read_bytes().count(b"\n") >= 3:
             break
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), \
+        f"the run finished before it could be stopped: {err.decode()[-2000:]}"
+    if sig == signal.SIGINT:  # Ctrl-C: what was computed is written, and the message says how to go on
+        assert b"interrupted: what finished is kept" in err and b"Traceback" not in err
     done_before = journal.read_bytes().count(b"\n")
     assert 3 <= done_before < 40
     resumed = subprocess.run(argv + [str(out)], capture_output=True, text=True, env=env, timeout=300)
