@@ -124,6 +124,9 @@ def test_odd_images_decode_correctly(tmp_path):
             assert hwc.shape == expected[name].shape, name
             tolerance = 3 if name.endswith(".jpg") else 0  # two JPEG decoders (PIL's, torchvision's)
             assert np.abs(hwc - expected[name].astype(int)).max() <= tolerance, name
+    deep = np.asarray(_photo(64, 48).convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(deep).save(tmp_path / "deep16.tif")  # PIL's decoder (torchvision reads no TIFF)
+    assert np.array_equal(decode(str(tmp_path / "deep16.tif")).numpy(), np.stack([deep // 257] * 3))
     assert tuple(decode(str(paths["wide.png"])).shape) == (3, 16, 1200)
     assert tuple(decode(str(paths["tiny.png"])).shape) == (3, 2, 3)
 
