@@ -22,6 +22,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from cpu_models import interleaved  # noqa: E402
+
 
 def _commit() -> str:
     try:
@@ -66,17 +69,8 @@ def main(argv=None) -> dict:
     kwargs = dict(pixel_values=pixels, input_ids=ids, attention_mask=mask)
 
     runners = {"hf_eager": lambda: hf(**kwargs), "sam3lt_eager": lambda: ours(**kwargs)}
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    cpu_times: dict[str, list[float]] = {name: [] for name in runners}
     with sam3lt.use_backend("eager"):
-        for fn in runners.values():
-            fn()  # warm-up
-        for _ in range(args.reps):
-            for name, fn in runners.items():
-                start, cpu_start = time.perf_counter(), time.process_time()
-                fn()
-                times[name].append(time.perf_counter() - start)
-                cpu_times[name].append(time.process_time() - cpu_start)
+        times, cpu_times = interleaved(runners, args.reps)
     med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
     cpu_med = {name: statistics.median(ts) * 1e3 for name, ts in cpu_times.items()}
     result = {
