@@ -350,7 +350,7 @@ class FastSam3LiteText:
                 f"prompt_buckets={self.prompt_buckets}, seq_len={self.seq_len})")
 
 
-def optimize(model: Sam3LiteTextModel, *, dtype: torch.dtype = torch.bfloat16, device=None,
+def optimize(model: Sam3LiteTextModel, *, dtype: torch.dtype | None = None, device=None,
              cuda_graphs: bool | None = None, compile: bool = False, compile_mode: str | None = None,
              image_batches: Sequence[int] = (1,), prompt_buckets: Sequence[int] = (1, 4, 16, 64),
              seq_len: int = 32, copy_outputs: bool = True, warmup: bool = False,
@@ -358,7 +358,8 @@ def optimize(model: Sam3LiteTextModel, *, dtype: torch.dtype = torch.bfloat16, d
     """Prepare ``model`` for fast inference (in place) and return the :class:`FastSam3LiteText` that runs it.
 
     Args:
-        dtype: compute dtype (bf16 default; fp16 and fp32 work too).
+        dtype: compute dtype (default: bf16 on CUDA; on the CPU :mod:`sam3lt.cpu` decides: an fp32 model with
+            bf16 GEMMs where the CPU has native bf16 dot products, else fp32 GEMMs; fp16 and fp32 work too).
         device: where to run (default: the model's device).
         cuda_graphs: capture the stages in CUDA graphs (default: when the device is CUDA).
         compile: ``torch.compile`` each stage first (fullgraph, static shapes); ``compile_mode`` is passed on.
@@ -374,7 +375,7 @@ def optimize(model: Sam3LiteTextModel, *, dtype: torch.dtype = torch.bfloat16, d
     """
     if not isinstance(model, Sam3LiteTextModel):
         raise TypeError(f"model: expected a sam3lt Sam3LiteTextModel, got {type(model).__name__}")
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype: expected torch.float32, torch.float16 or torch.bfloat16, got {dtype}")
     device = torch.device(device) if device is not None else model.device
     if cuda_graphs is None:
@@ -386,6 +387,21 @@ def optimize(model: Sam3LiteTextModel, *, dtype: torch.dtype = torch.bfloat16, d
     if compile and cuda_graphs and compile_mode in ("reduce-overhead", "max-autotune"):
         raise ValueError(f"compile_mode: {compile_mode!r} makes torch.compile capture CUDA graphs of its own inside "
                          f"ours; use 'max-autotune-no-cudagraphs', or cuda_graphs=False")
+    if device.type == "cpu":  # packed GEMMs, bf16 ones only where the CPU has them (sam3lt/cpu.py)
+        from . import cpu
+        fast = cpu.optimize(model, dtype=dtype, compile=compile, image_batches=image_batches,
+                            prompt_buckets=prompt_buckets, seq_len=seq_len, copy_outputs=copy_outputs,
+                            tune=bool(tune))
+        return fast.warmup() if warmup else fast
+    prepare(model, dtype or torch.bfloat16, device)
+    fast = FastSam3LiteText(model, cuda_graphs=cuda_graphs, compile=compile, image_batches=image_batches,
+                            prompt_buckets=prompt_buckets, seq_len=seq_len, copy_outputs=copy_outputs,
+                            compile_mode=compile_mode, tune=device.type == "cuda" if tune is None else tune)
+    return fast.warmup() if warmup else fast
+
+
+def prepare(model: Sam3LiteTextModel, dtype: torch.dtype, device: torch.device) -> None:
+    """The in-place model changes of :func:`optimize` (see the module docstring)."""
     model.eval().requires_grad_(False)
     model.fold_batchnorm()
     if any(p.device != device or p.dtype != dtype for p in model.parameters()):
@@ -393,10 +409,6 @@ def optimize(model: Sam3LiteTextModel, *, dtype: torch.dtype = torch.bfloat16, d
     if model.detr_decoder.layers[0].self_attn.qkv_weight is None:  # after .to(): the weights stay views
         model.fuse_projections()
     model.validate_inputs = False
-    fast = FastSam3LiteText(model, cuda_graphs=cuda_graphs, compile=compile, image_batches=image_batches,
-                            prompt_buckets=prompt_buckets, seq_len=seq_len, copy_outputs=copy_outputs,
-                            compile_mode=compile_mode, tune=device.type == "cuda" if tune is None else tune)
-    return fast.warmup() if warmup else fast
 
 
 def agreement(out: Sam3LiteTextOutput, ref: Sam3LiteTextOutput, mask_threshold: float = 0.0) -> dict[str, float]:

@@ -1,0 +1,207 @@
+"""The CPU path (issue 14): ``sam3lt.optimize`` on a CPU model (sam3lt/cpu.py) against fp32 eager, the bf16/fp32
+decision and its fallbacks, and the eager linear's in-place epilogue. No timings here (bench/cpu_*.py measure)."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+import sam3lt
+from sam3lt import cpu
+from sam3lt.fast import agreement
+from sam3lt.ops.linear import linear_eager, linear_reference
+import seeds
+
+# The fast path's accuracy rule (README, tests/test_fast.py): thresholded masks IoU >= 0.99, scores within 1e-2.
+MIN_MASK_IOU, MAX_SCORE_DIFF = 0.99, 1e-2
+NATIVE_BF16, WHY = cpu.native_bf16()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(seeds.BASE)
+    model = sam3lt.Sam3LiteTextModel(sam3lt.Sam3LiteTextConfig.tiny())
+    return model, copy.deepcopy(model)
+
+
+def _inputs(config, prompts=2, seed=0):
+    gen = seeds.gen(seed)
+    size = config.image_size
+    mask = torch.ones(prompts, 32, dtype=torch.long)
+    mask[-1, 20:] = 0  # one padded prompt
+    return dict(pixel_values=torch.randn(1, 3, size, size, generator=gen),
+                input_ids=torch.randint(1, 49000, (prompts, 32), generator=gen), attention_mask=mask)
+
+
+def _reference(model, inputs):
+    with torch.no_grad():
+        return model(**inputs)
+
+
+# ---- accuracy -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.skipif(
+    not NATIVE_BF16, reason=f"no native bf16 here: {WHY}"))])
+def test_optimize_agrees_with_fp32_eager(pair, precision):
+    ref_model, model = pair
+    fast = cpu.optimize(copy.deepcopy(model), precision=precision)
+    assert fast.cpu_plan.precision == precision and fast.dtype == torch.float32
+    for prompts, seed in ((1, 0), (2, 1)):
+        inputs = _inputs(model.config, prompts, seed)
+        ref = _reference(ref_model, inputs)
+        out = fast(**inputs)
+        stats = agreement(out, ref)
+        assert stats["mask_iou"] >= MIN_MASK_IOU and stats["score_max_diff"] <= MAX_SCORE_DIFF, stats
+        if precision == "fp32":  # MKL's packed sgemm: fp32 eager's numbers up to the last bits of rounding
+            torch.testing.assert_close(out.pred_masks, ref.pred_masks, rtol=1e-4, atol=1e-4)
+    assert fast.gemms._packed, "no GEMM ran on a packed weight"
+
+
+def test_packed_gemms_take_every_linear(pair):
+    """Every F.linear of a forward runs packed (none left on the unpacked path), and a changed batch size reuses
+    oneDNN's packing / repacks for MKL without changing the result."""
+    _, model = pair
+    for precision in ("fp32",) + (("bf16",) if NATIVE_BF16 else ()):
+        x, w, b = torch.randn(2, 5, 16), torch.randn(8, 16), torch.randn(8)
+        mode = cpu.PackedGemms(precision, [w])
+        with mode:
+            y1 = torch.nn.functional.linear(x, w, b)
+            y2 = torch.nn.functional.linear(x[:1], w, b)
+            other = torch.randn(8, 16)
+            y3 = torch.nn.functional.linear(x, other, b)  # not a frozen tensor: runs unpacked, exactly F.linear
+        assert len(mode._packed) == (2 if precision == "fp32" else 1) and mode.unpacked == 1
+        assert torch.equal(y3, torch.nn.functional.linear(x, other, b))
+        tol = dict(rtol=2e-2, atol=2e-2) if precision == "bf16" else dict(rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(y1, torch.nn.functional.linear(x, w, b), **tol)
+        torch.testing.assert_close(y2, y1[:1], **tol)
+    calls = []
+    fast = cpu.optimize(copy.deepcopy(model), precision="fp32")
+    original = fast.gemms.linear
+    fast.gemms.linear = lambda x, w, b: calls.append(tuple(w.shape)) or original(x, w, b)
+    fast(**_inputs(model.config))
+    assert len(calls) > 50 and fast.gemms.unpacked == 0, (len(calls), fast.gemms.unpacked)
+
+
+def test_dtype_float32_keeps_the_models_numbers(pair):
+    """dtype=torch.float32 asks for the model's numerics: no packing (MKL's packed sgemm rounds differently)."""
+    ref_model, model = pair
+    fast = sam3lt.optimize(copy.deepcopy(model), dtype=torch.float32)
+    assert fast.gemms is None and not fast.cpu_plan.packed and "unpacked" in repr(fast)
+    inputs = _inputs(model.config)
+    torch.testing.assert_close(fast(**inputs).pred_masks, _reference(ref_model, inputs).pred_masks, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_plain_forward_outside_optimize_is_untouched(pair):
+    """The mode is entered only around the fast path's calls: the plain model afterwards is fp32 eager, bitwise."""
+    ref_model, model = pair
+    inputs = _inputs(model.config)
+    before = _reference(ref_model, inputs)
+    fast = cpu.optimize(copy.deepcopy(model))
+    fast(**inputs)
+    assert torch.equal(_reference(ref_model, inputs).pred_masks, before.pred_masks)
+
+
+# ---- the decision and its fallbacks ---------------------------------------------------------------------------
+def _fake_cpu(monkeypatch, flags, capability="AVX512", onednn_bf16=True, cap=None):
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16, raising=False)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+
+
+@pytest.mark.parametrize("flags, capability, onednn, cap, expected, words", [
+    ({"avx512f", "avx512_bf16", "amx_bf16"}, "AVX512", True, None, "bf16", "amx_bf16"),
+    ({"avx512f", "avx512_bf16"}, "AVX512", True, "avx512_core_amx", "bf16", "avx512_bf16"),
+    ({"avx2", "avx512f", "avx512bw"}, "AVX512", True, None, "fp32", "neither avx512_bf16 nor amx_bf16"),
+    ({"avx512f", "avx512_bf16", "amx_bf16"}, "AVX512", True, "AVX2", "fp32", "ONEDNN_MAX_CPU_ISA=AVX2"),
+    ({"avx512f", "avx512_bf16", "amx_bf16"}, "AVX512", True, "avx512_core", "fp32", "ONEDNN_MAX_CPU_ISA=AVX512_CORE"),
+    ({"avx512f", "avx512_bf16", "amx_bf16"}, "AVX2", True, None, "fp32", "capability is AVX2"),
+    ({"avx512f", "avx512_bf16", "amx_bf16"}, "AVX512", False, None, "fp32", "oneDNN reports no bf16"),
+    (None, "AVX512", True, None, "fp32", "unreadable"),
+], ids=["amx", "avx512-bf16, cap above", "avx512 without bf16", "onednn capped avx2", "onednn capped avx512_core",
+        "torch capability avx2", "onednn says no", "no cpuinfo"])
+def test_precision_decision(monkeypatch, flags, capability, onednn, cap, expected, words):
+    _fake_cpu(monkeypatch, flags, capability, onednn, cap)
+    chosen, reason = cpu.choose_precision("auto")
+    assert chosen == expected and words in reason, reason
+
+
+def test_decision_is_stated(pair, monkeypatch, caplog):
+    _, model = pair
+    _fake_cpu(monkeypatch, {"avx2"})
+    with caplog.at_level("INFO", logger="sam3lt.cpu"):
+        fast = sam3lt.optimize(copy.deepcopy(model))  # the public entry point dispatches to sam3lt.cpu on a CPU
+    assert fast.cpu_plan.precision == "fp32" and "neither avx512_bf16 nor amx_bf16" in fast.cpu_plan.reason
+    assert "fp32 GEMMs" in repr(fast) and any("fp32 GEMMs" in r.getMessage() for r in caplog.records)
+
+
+def test_forced_bf16_without_native_support_warns_once(pair, monkeypatch):
+    _, model = pair
+    _fake_cpu(monkeypatch, {"avx2"})
+    with pytest.warns(RuntimeWarning, match="emulates bf16") as record:
+        fast = cpu.optimize(copy.deepcopy(model), precision="bf16")
+    assert len([w for w in record if "emulates" in str(w.message)]) == 1
+    assert fast.cpu_plan.precision == "bf16"  # done as asked, not silently changed
+    with pytest.warns(RuntimeWarning, match="emulates bf16"):
+        cpu.optimize(copy.deepcopy(model), dtype=torch.bfloat16)
+
+
+def test_bad_arguments_name_themselves(pair):
+    _, model = pair
+    with pytest.raises(ValueError, match="precision"):
+        cpu.optimize(copy.deepcopy(model), precision="int8")
+    with pytest.raises(ValueError, match="threads"):
+        cpu.optimize(copy.deepcopy(model), threads=0)
+    with pytest.raises(ValueError, match="precision"):
+        cpu.PackedGemms("fp16", [])
+
+
+def test_failed_compile_warns_once_and_runs_uncompiled(pair, monkeypatch):
+    """inductor unable to build (no compiler, ...): one warning, then the uncompiled stages, still correct."""
+    ref_model, model = pair
+
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("inductor: no working C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    fast = cpu.optimize(copy.deepcopy(model), precision="fp32", compile=True)
+    inputs = _inputs(model.config)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        out = fast(**inputs)
+        fast(**inputs)
+    messages = [str(w.message) for w in record if "torch.compile failed" in str(w.message)]
+    assert len(messages) == 1 and "no working C++ compiler" in messages[0], messages
+    torch.testing.assert_close(out.pred_masks, _reference(ref_model, inputs).pred_masks, rtol=1e-4, atol=1e-4)
+
+
+def test_keep_freed_memory_reports_what_it_did():
+    first = cpu.keep_freed_memory()
+    assert first == cpu.keep_freed_memory()  # once per process
+    assert first.startswith(("glibc malloc keeps", "malloc unchanged"))
+
+
+# ---- the eager linear's in-place epilogue ---------------------------------------------------------------------
+@pytest.mark.parametrize("activation", [None, "gelu", "relu"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_linear_eager_is_the_reference_bitwise(activation, residual):
+    gen = seeds.gen(0)
+    x, w, b = torch.randn(3, 7, 16, generator=gen), torch.randn(24, 16, generator=gen), torch.randn(24, generator=gen)
+    r = torch.randn(3, 7, 24, generator=gen) if residual else None
+    with torch.no_grad():
+        assert torch.equal(linear_eager(x, w, b, activation, r), linear_reference(x, w, b, activation, r))
+    # with autograd recording, out of place (gelu/relu backward need their input / output), same values and grads
+    w.requires_grad_(True)
+    y = linear_eager(x, w, b, activation, r)
+    y.sum().backward()
+    grad = w.grad.clone()
+    w.grad = None
+    linear_reference(x, w, b, activation, r).sum().backward()
+    assert torch.equal(grad, w.grad)
