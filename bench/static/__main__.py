@@ -42,10 +42,14 @@ def _commit() -> str:
     return proc.stdout.strip() or "unknown"
 
 
-def run_arch(cc: int, rec, quick: bool, allowlist: list[dict], with_cuda: bool) -> dict:
+def run_arch(cc: int, rec, quick: bool, allowlist: list[dict], with_cuda: bool, smem_limit: int | None = None) -> dict:
+    import dataclasses
+
     import triton
 
     arch = arch_mod.get(cc)
+    if smem_limit is not None:
+        arch = dataclasses.replace(arch, smem_per_block=smem_limit)
     triton_audit.install_driver(cc)
     for kernel in rec.kernels.values():  # a JIT function keeps its first target per device: start afresh
         kernel.device_caches.clear()
@@ -56,7 +60,7 @@ def run_arch(cc: int, rec, quick: bool, allowlist: list[dict], with_cuda: bool) 
     entries, notes = [], []
     if with_cuda:
         entries = cuda_audit.compile_all(cc, triton.knobs.nvidia.cuobjdump.path)
-        crows, notes = report.cuda_rows(arch, entries, cuda_audit.model_launches(list(rec.ops.values())))
+        crows, notes = report.cuda_rows(arch, entries, cuda_audit.model_launches(list(rec.ops.values()), arch.sms))
         rows += crows
     if not quick:
         notes += [f"{name}: a Triton kernel of sam3lt.kernels that nothing launched here (add it to "
@@ -75,9 +79,15 @@ def main(argv=None) -> int:
     parser.add_argument("--no-cuda", action="store_true", help="skip the csrc/*.cu kernels")
     parser.add_argument("--out", default=OUT, help="folder for sm<arch>.json / .md")
     parser.add_argument("--allowlist", default=report.ALLOWLIST, help="known violations with reasons")
+    parser.add_argument("--smem-limit", type=int, default=None,
+                        help="pretend blocks may use at most this many bytes of shared memory (tests: a sure "
+                             "launch-limit violation)")
     args = parser.parse_args(argv)
     for cc in args.arch:
-        arch_mod.get(cc)  # unknown arch: a clear error before minutes of work
+        try:
+            arch_mod.get(cc)  # unknown arch: a clear error before minutes of work
+        except ValueError as exc:
+            parser.error(str(exc))
     allowlist = report.load_allowlist(args.allowlist)
     if len(args.arch) > 1:  # one process per arch, in parallel: each is single-threaded compiler work
         rest = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.isdigit() and a != "--arch"]
@@ -87,14 +97,14 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         triton_audit.install_driver(args.arch[0])
-        rec = shapes.record_model(QUICK_SCENARIOS if args.quick else shapes.SCENARIOS)
+        rec = shapes.record_model(arch_mod.get(args.arch[0]), QUICK_SCENARIOS if args.quick else shapes.SCENARIOS)
         if not args.quick:
             shapes.record_extras(rec)
         t_record = time.perf_counter() - start
         os.makedirs(args.out, exist_ok=True)
         failed = False
         for cc in args.arch:
-            rep = run_arch(cc, rec, args.quick, allowlist, not args.no_cuda)
+            rep = run_arch(cc, rec, args.quick, allowlist, not args.no_cuda, args.smem_limit)
             rep["seconds"]["record"] = round(t_record, 1)
             with open(os.path.join(args.out, f"sm{cc}.json"), "w", encoding="utf-8") as f:
                 json.dump(rep, f, indent=1, default=sorted)

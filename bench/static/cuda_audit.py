@@ -93,46 +93,61 @@ def _attn_width(d: int) -> int:
     return 16 if d <= 16 else 32 if d <= 32 else 64 if d <= 64 else 128
 
 
-def _window(args, c):
+def _window(args, c, sms):
     (_, (b, h, w, c3), _, dtype), heads, window = args[0], args[3], args[4]
     d = c3 // 3 // heads
     wh, ww = (window, window) if window > 0 else (h, w)
     blocks = b * heads * math.ceil(h / wh) * math.ceil(w / ww) * math.ceil(wh * ww / c["kBM"])
     width = _attn_width(d)
-    return [(f"attention_kernel<{CTYPES[dtype]}, {width}, (sam3lt::AttnMode)0>", blocks,
+    return [(f"attention_kernel<{CTYPES[dtype]}, {width}, (sam3lt::AttnMode)0, false>", (blocks,),
              _attn_smem(dtype, width, c["kBM"], c["kBN"]), d)]
 
 
-def _generic(args, c):
+def _splits(ctas: int, lk: int, bn: int, sms: int) -> int:
+    """plan_splits (csrc/cross_attention.h): keys split across grid.y to reach ~2 CTAs per SM, >= 8 tiles each."""
+    tiles = math.ceil(lk / bn)
+    want = min(math.ceil(2 * sms / ctas), tiles // 8, 16)
+    return 1 if want <= 1 else math.ceil(tiles / math.ceil(tiles / want))
+
+
+def _generic(args, c, sms):
     _, (b, heads, lq, d), _, dtype = args[0]
+    lk = args[1][1][2]
     width = _attn_width(d)
-    return [(f"attention_kernel<{CTYPES[dtype]}, {width}, (sam3lt::AttnMode)1>", b * heads * math.ceil(lq / c["kBM"]),
-             _attn_smem(dtype, width, c["kBM"], c["kBN"]), d)]
+    ctas = b * heads * math.ceil(lq / c["kBM"])
+    splits = _splits(ctas, lk, c["kBN"], sms)
+    smem = _attn_smem(dtype, width, c["kBM"], c["kBN"])
+    split = "true" if splits > 1 else "false"
+    out = [(f"attention_kernel<{CTYPES[dtype]}, {width}, (sam3lt::AttnMode)1, {split}>", (ctas, splits), smem, d)]
+    if splits > 1:  # the merge of the splits' partial outputs
+        out.append((f"merge_splits_kernel<{CTYPES[dtype]}>", (math.ceil(b * heads * lq * d / 256),), 0, None))
+    return out
 
 
 def _taps(k):
     return k if k in (3, 5, 7, 9, 11) else 0
 
 
-def _repmixer(args, c):
+def _repmixer(args, c, sms):
     _, (b, length, ch), _, dtype = args[0]
     return [(f"repmixer_dwconv_kernel<{CTYPES[dtype]}, {_taps(args[1][1][-1])}>",
-             math.ceil(b * length * ch / c["kRepmixerThreads"]), 0, None)]
+             (math.ceil(b * length * ch / c["kRepmixerThreads"]),), 0, None)]
 
 
-def _repmixer_block(args, c):  # the cuda backend runs the pair as two repmixer_dwconv launches
-    return _repmixer((args[0], args[1]), c) + _repmixer((args[0], args[3]), c)
+def _repmixer_block(args, c, sms):  # the cuda backend runs the pair as two repmixer_dwconv launches
+    return _repmixer((args[0], args[1]), c, sms) + _repmixer((args[0], args[3]), c, sms)
 
 
-def _upsample(args, c):
+def _upsample(args, c, sms):
     _, shape, _, dtype = args[1]
-    return [(f"upsample_nearest_add_kernel<{CTYPES[dtype]}>", math.ceil(math.prod(shape) / c["kUpsampleThreads"]), 0, None)]
+    return [(f"upsample_nearest_add_kernel<{CTYPES[dtype]}>", (math.ceil(math.prod(shape) / c["kUpsampleThreads"]),),
+             0, None)]
 
 
-def _binary(args, c):
+def _binary(args, c, sms):
     _, shape, _, dtype = args[0]
     total = shape[0] * args[1][0] * args[1][1]
-    return [(f"masks_to_binary_kernel<{CTYPES[dtype]}>", math.ceil(total / c["kUpsampleThreads"]), 0, None)]
+    return [(f"masks_to_binary_kernel<{CTYPES[dtype]}>", (math.ceil(total / c["kUpsampleThreads"]),), 0, None)]
 
 
 # op -> (constants it needs from the sources, model)
@@ -147,8 +162,9 @@ LAUNCH_MODELS = {
 }
 
 
-def model_launches(ops: list[dict]) -> list[dict]:
-    """(kernel instantiation, CTAs, dynamic smem, head dim) per recorded op call that has a CUDA kernel."""
+def model_launches(ops: list[dict], sms: int) -> list[dict]:
+    """(kernel instantiation, grid, dynamic smem, head dim) per recorded op call that has a CUDA kernel, on a card
+    of ``sms`` SMs."""
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cu"))) + sorted(glob.glob(os.path.join(CSRC, "*.cuh")))
     consts, _ = source_constants(sources)
     out = []
@@ -161,7 +177,8 @@ def model_launches(ops: list[dict]) -> list[dict]:
         if missing:
             out.append({"op": call["op"], "kernel": None, "note": f"constants {missing} not found in csrc/"})
             continue
-        for kernel, ctas, smem, head_dim in fn(call["args"], consts):
-            out.append({"op": call["op"], "kernel": kernel, "ctas": ctas, "dynamic_smem": smem, "head_dim": head_dim,
+        for kernel, grid, smem, head_dim in fn(call["args"], consts, sms):
+            out.append({"op": call["op"], "kernel": kernel, "grid": list(grid), "ctas": math.prod(grid),
+                        "dynamic_smem": smem, "head_dim": head_dim,
                         "scenarios": sorted(call["scenarios"])})
     return out

@@ -34,19 +34,22 @@ def cuda_rows(arch: Arch, entries: list[dict], launches: list[dict]) -> tuple[li
     rows, notes, seen = [], [], {}
     for launch in launches:
         if launch["kernel"] is None:
-            notes.append(f"{launch['op']}: {launch['note']}")
+            if f"{launch['op']}: {launch['note']}" not in notes:
+                notes.append(f"{launch['op']}: {launch['note']}")
             continue
         match = [e for e in entries if launch["kernel"] in e["kernel"]]
         if len(match) != 1 or not match[0]["threads"]:
-            notes.append(f"{launch['op']}: {len(match)} compiled kernels match {launch['kernel']} (or no "
-                         f"__launch_bounds__): grid not audited")
+            note = (f"{launch['op']}: {len(match)} compiled kernels match {launch['kernel']} (or no "
+                    f"__launch_bounds__): grid not audited (update bench/static/cuda_audit.py LAUNCH_MODELS)")
+            if note not in notes:
+                notes.append(note)
             continue
         e = match[0]
-        key = (e["mangled"], launch["ctas"])
+        key = (e["mangled"], tuple(launch["grid"]))
         if key in seen:
             seen[key]["scenarios"] = sorted(set(seen[key]["scenarios"]) | set(launch["scenarios"]))
             continue
-        row = {"backend": "cuda", "kernel": e["base"], "family": e["file"], "grid": [launch["ctas"]],
+        row = {"backend": "cuda", "kernel": e["base"], "family": e["file"], "grid": launch["grid"],
                "ctas": launch["ctas"], "config": {"instantiation": e["kernel"]}, "binary": e["mangled"],
                "scenarios": launch["scenarios"], "model_runs": True, "op": launch["op"],
                "head_dim": launch["head_dim"],

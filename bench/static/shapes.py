@@ -43,8 +43,21 @@ class Launch:
         return (self.kernel, self.grid, self.args, tuple(sorted(self.kwargs.items())))
 
 
+def device_properties(arch):
+    """What a launcher may ask of torch.cuda about the target card (e.g. the SM count for its grid), without one."""
+    import types
+
+    return types.SimpleNamespace(name=arch.card, major=arch.cc // 10, minor=arch.cc % 10,
+                                 multi_processor_count=arch.sms, warp_size=32,
+                                 max_threads_per_multi_processor=arch.max_threads_per_sm,
+                                 regs_per_multiprocessor=arch.regs_per_sm,
+                                 shared_memory_per_block_optin=arch.smem_per_block,
+                                 shared_memory_per_multiprocessor=arch.smem_per_sm)
+
+
 class Recorder:
-    def __init__(self):
+    def __init__(self, arch):
+        self.arch = arch  # the card the launchers are told they run on (grids may depend on its SM count)
         self.launches: dict[tuple, Launch] = {}
         self.ops: dict[tuple, dict] = {}
         self.kernels: dict[str, object] = {}
@@ -75,15 +88,20 @@ class Recorder:
             entry["scenarios"].add(self.scenario)
             return select(op, backend, *args)
 
+        props = device_properties(self.arch)
+        cuda_api = (torch.cuda.get_device_properties, torch.cuda.get_device_capability)
         for m in modules:
             m.launch = self.launch_fn(m.__name__.rsplit(".", 1)[-1])
         _backend.select = recording_select
+        torch.cuda.get_device_properties = lambda device=None: props
+        torch.cuda.get_device_capability = lambda device=None: (props.major, props.minor)
         try:
             yield self
         finally:
             for m, fn in saved:
                 m.launch = fn
             _backend.select = select
+            torch.cuda.get_device_properties, torch.cuda.get_device_capability = cuda_api
 
 
 def s0_model():
@@ -97,14 +115,15 @@ def s0_model():
     return sam3lt.Sam3LiteTextModel(config)
 
 
-def record_model(scenarios=SCENARIOS) -> Recorder:
-    """Launches and op calls of bf16 forwards of the S0 model at 1008² for each (images, prompts)."""
+def record_model(arch, scenarios=SCENARIOS) -> Recorder:
+    """Launches and op calls of bf16 forwards of the S0 model at 1008² for each (images, prompts), as the
+    launchers would make them on ``arch``'s card."""
     import sam3lt
     from sam3lt.model.common import clear_constant_caches
     from sam3lt.testing import fake_cuda
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    rec = Recorder()
+    rec = Recorder(arch)
     clear_constant_caches()  # fake tensors must not stay in the process-wide caches
     mode = FakeTensorMode()
     model = fake_cuda(s0_model().to(torch.bfloat16).fold_batchnorm(), mode)
