@@ -302,7 +302,7 @@ def test_a_half_written_record_line_is_dropped(tmp_path, tiny):
     assert keys == [str(paths["plain.jpg"]), str(paths["gray.png"])]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_killed_run_resumes_and_writes_each_image_once(tmp_path, sig):
     """A subprocess killed (SIGKILL) or interrupted (SIGINT, Ctrl-C) part-way, then the same command again: every
     image once, results equal to an uninterrupted run's."""

@@ -95,24 +95,11 @@ def segment_dataset(inputs, text=None, out="sam3lt-out", model=None, *, processo
         A :class:`Summary`. Bad arguments raise :class:`UsageError` (a ``ValueError``) naming the argument.
     """
     text = _check_text(text)
-    _check_choice("format", format, FORMATS, allow_none=True)
-    _check_choice("engine", engine, ENGINES)
-    _check_choice("preprocess", preprocess, PREPROCESS_MODES)
     dtype = _dtype(dtype, model)
-    for name, value in (("batch_size", batch_size), ("prompt_batch", prompt_batch), ("max_pixels", max_pixels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"{name}: expected a positive integer, got {value!r}")
-    for name, value in (("threshold", threshold), ("mask_threshold", mask_threshold)):
-        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise UsageError(f"{name}: expected a number in [0, 1], got {value!r}")
-    if ray_actors is not None and (isinstance(ray_actors, bool) or not isinstance(ray_actors, int) or ray_actors < 1):
-        raise UsageError(f"ray_actors: expected a positive number of actors, got {ray_actors!r}")
-    if ray_actor_cpus is not None and (not isinstance(ray_actor_cpus, (int, float)) or not ray_actor_cpus > 0):
-        raise UsageError(f"ray_actor_cpus: expected a positive number of CPUs (fractions allowed), got "
-                         f"{ray_actor_cpus!r}")
-    workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if workers is None else workers
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise UsageError(f"workers: expected a number of processes >= 0, got {workers!r}")
+    workers = _check_arguments(format=format, engine=engine, preprocess=preprocess, batch_size=batch_size,
+                               prompt_batch=prompt_batch, max_pixels=max_pixels, threshold=threshold,
+                               mask_threshold=mask_threshold, ray_actors=ray_actors, ray_actor_cpus=ray_actor_cpus,
+                               workers=workers)
     if engine == "ray":
         from .ray_engine import import_ray
 
@@ -192,6 +179,29 @@ def segment_dataset(inputs, text=None, out="sam3lt-out", model=None, *, processo
                    segmented=(writer.finished - writer.failed) if writer else 0, failed=failed,
                    instances=writer.instances if writer else 0, seconds=seconds if pending else 0.0, times=times,
                    engine=engine, interrupted=interrupted)
+
+
+def _check_arguments(*, format, engine, preprocess, batch_size, prompt_batch, max_pixels, threshold,
+                     mask_threshold, ray_actors, ray_actor_cpus, workers) -> int:
+    """:class:`UsageError` for a bad value, naming the argument; returns ``workers`` (None: the default)."""
+    _check_choice("format", format, FORMATS, allow_none=True)
+    _check_choice("engine", engine, ENGINES)
+    _check_choice("preprocess", preprocess, PREPROCESS_MODES)
+    for name, value in (("batch_size", batch_size), ("prompt_batch", prompt_batch), ("max_pixels", max_pixels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{name}: expected a positive integer, got {value!r}")
+    for name, value in (("threshold", threshold), ("mask_threshold", mask_threshold)):
+        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise UsageError(f"{name}: expected a number in [0, 1], got {value!r}")
+    if ray_actors is not None and (isinstance(ray_actors, bool) or not isinstance(ray_actors, int) or ray_actors < 1):
+        raise UsageError(f"ray_actors: expected a positive number of actors, got {ray_actors!r}")
+    if ray_actor_cpus is not None and (not isinstance(ray_actor_cpus, (int, float)) or not ray_actor_cpus > 0):
+        raise UsageError(f"ray_actor_cpus: expected a positive number of CPUs (fractions allowed), got "
+                         f"{ray_actor_cpus!r}")
+    workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise UsageError(f"workers: expected a number of processes >= 0, got {workers!r}")
+    return workers
 
 
 def _dtype(dtype, model) -> torch.dtype:
