@@ -109,14 +109,21 @@ def test_killed_actor_is_replaced_and_each_image_written_once(tmp_path, ray_clus
     _assert_same_results(out, tmp_path / "local")
 
 
-def test_ray_resumes_a_local_run(tmp_path, ray_cluster, model):
+def test_cli_ray_resumes_a_local_run(tmp_path, ray_cluster, capsys):
+    """A local run stopped after 3 images, continued by ``sam3lt segment --ray`` (the tiny model of both: no
+    checkpoint, seed 0)."""
     paths = write_good_images(tmp_path / "in")
-    args = dict(text="cat", out=tmp_path / "out", model=model, batch_size=2, progress=False)
-    segment_dataset(list(paths.values())[:3], workers=0, device="cpu", **args)  # format coco: > 1 image
-    summary = segment_dataset(list(paths.values()), engine="ray", ray_actor_cpus=ACTOR_CPUS, **args)
-    assert (summary.skipped, summary.segmented) == (3, len(paths) - 3)
-    keys = [json.loads(line)["key"] for line in (tmp_path / "out" / "progress.jsonl").read_text().splitlines()]
+    out = tmp_path / "out"
+    segment_dataset(list(paths.values())[:3], text="cat", out=out, workers=0, device="cpu", batch_size=2,
+                    progress=False)
+    argv = ["segment", *map(str, paths.values()), "--text", "cat", "--out", str(out), "--batch-size", "2", "--ray",
+            "--ray-actor-cpus", str(ACTOR_CPUS)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"{len(paths) - 3} image(s) segmented" in err and "3 already done" in err and "(ray)" in err, err
+    keys = [json.loads(line)["key"] for line in (out / "progress.jsonl").read_text().splitlines()]
     assert sorted(keys) == sorted(map(str, paths.values()))
+    assert len(read_coco(out)[0].getImgIds()) == len(paths)
 
 
 def test_without_ray_the_message_says_how_to_install(tmp_path, monkeypatch, capsys):
