@@ -102,7 +102,8 @@ def run_ray(items, model, processor, writer, *, device, dtype, fast, preprocess,
         context.enable_progress_bars = False  # the pipeline's own bar counts written images
         plain = model.model if isinstance(model, FastSam3LiteText) else model  # the actors optimise their own
         rows = [{"n": n, "key": item.key, "prompts": json.dumps(list(item.prompts))} for n, item in enumerate(items)]
-        data = (ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * size * batch_size)))
+        blocks = -(-len(rows) // (4 * batch_size))  # small blocks: decoding spreads over the cluster's CPUs
+        data = (ray.data.from_items(rows, override_num_blocks=blocks)
                 .map(_load_row, fn_kwargs={"prep": Preprocess(processor, preprocess), "max_pixels": max_pixels})
                 .map_batches(SegmentActor, batch_size=batch_size, batch_format="numpy",
                              compute=ray.data.ActorPoolStrategy(size=size), num_gpus=1 if use_gpu else 0,
