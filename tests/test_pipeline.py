@@ -288,6 +288,16 @@ def test_rerun_does_nothing_and_other_settings_are_refused(tmp_path, tiny):
         segment_dataset(tmp_path / "in", **{**args, "threshold": 0.9})
 
 
+def test_a_second_run_on_the_same_out_is_refused(tmp_path):
+    from sam3lt.pipeline.output import Journal
+
+    first = Journal(tmp_path / "progress.jsonl")
+    with pytest.raises(UsageError, match="^out: another run is writing to"):
+        Journal(tmp_path / "progress.jsonl")
+    first.close()
+    Journal(tmp_path / "progress.jsonl").close()  # free again once the first run is done
+
+
 def test_a_half_written_record_line_is_dropped(tmp_path, tiny):
     model, _ = tiny
     paths = write_good_images(tmp_path / "in")

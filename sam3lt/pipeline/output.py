@@ -12,6 +12,7 @@ Every file is written to a temporary name in its folder, then renamed: a reader 
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
@@ -88,6 +89,14 @@ class Journal:
                                      f"changed by hand") from None
                 self.records.setdefault(record["key"], record)
         self._file = open(path, "a", encoding="utf-8")
+        try:  # one run per OUT at a time: two writers would record images twice
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            from .inputs import UsageError
+
+            raise UsageError(f"out: another run is writing to {path.parent} (its {path.name} is locked); wait for "
+                             f"it to finish or use another --out") from None
 
     def append(self, record: dict) -> None:
         if record["key"] in self.records:  # a retried batch (e.g. a replaced Ray actor): written once only
