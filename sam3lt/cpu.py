@@ -305,13 +305,14 @@ def _compile_stages(fast) -> None:
             if state.get(name) == "eager":
                 return uncompiled(*args)
             try:
-                with torch.autocast("cpu", torch.bfloat16, enabled=fast.cpu_plan.precision == "bf16"):
-                    return compiled(*args)
+                return compiled(*args)
             except Exception as err:  # inductor could not build (no C++ compiler, unsupported op, ...)
                 state[name] = "eager"
                 torch._dynamo.reset()
                 if not state["warned"]:
                     state["warned"] = True
+                    fast.cpu_plan = dataclasses.replace(fast.cpu_plan, compiled=False,
+                                                        reason=f"{fast.cpu_plan.reason}; torch.compile failed")
                     warnings.warn(f"sam3lt.optimize: torch.compile failed on the CPU ({type(err).__name__}: "
                                   f"{str(err).splitlines()[0][:200]}); running uncompiled", RuntimeWarning)
                 return uncompiled(*args)

@@ -179,6 +179,7 @@ def test_failed_compile_warns_once_and_runs_uncompiled(pair, monkeypatch):
         fast(**inputs)
     messages = [str(w.message) for w in record if "torch.compile failed" in str(w.message)]
     assert len(messages) == 1 and "no working C++ compiler" in messages[0], messages
+    assert not fast.cpu_plan.compiled and "torch.compile failed" in fast.cpu_plan.reason  # stated, not silent
     torch.testing.assert_close(out.pred_masks, _reference(ref_model, inputs).pred_masks, rtol=1e-4, atol=1e-4)
 
 
