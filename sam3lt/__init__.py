@@ -16,7 +16,7 @@ from .pipeline import segment_dataset
 from_pretrained = Sam3LiteTextModel.from_pretrained  # sam3lt.from_pretrained(path_or_hub_id, dtype=..., device=...)
 from_transformers = Sam3LiteTextModel.from_transformers  # sam3lt.from_transformers(hf_model)
 
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = [
     "get_backend", "set_backend", "use_backend",
     "Sam3LiteTextConfig", "Sam3LiteTextTextConfig", "Sam3ViTConfig", "Sam3VisionConfig",

@@ -21,6 +21,8 @@ import threading
 
 import torch
 
+from .._version import __version__
+
 ENV = "SAM3LT_CACHE_DIR"
 _lock = threading.Lock()
 _loaded: dict[str, dict[str, dict]] = {}  # file path -> its entries, read once per process
@@ -50,8 +52,6 @@ def device_identity(device: torch.device) -> dict | None:
 
 
 def identity(name: str, capability: tuple[int, int]) -> dict:
-    import sam3lt
-
     try:
         import triton
 
@@ -59,7 +59,7 @@ def identity(name: str, capability: tuple[int, int]) -> dict:
     except ImportError:
         triton_version = "none"
     return {"device": name, "capability": f"{capability[0]}{capability[1]}", "torch": torch.__version__,
-            "triton": triton_version, "sam3lt": sam3lt.__version__}
+            "triton": triton_version, "sam3lt": __version__}
 
 
 def cache_file(ident: dict) -> str:
