@@ -11,6 +11,7 @@ from .model import Sam3LiteTextModel, Sam3LiteTextOutput, TextOutput, VisionOutp
 from .loading import CheckpointError
 from .processor import Sam3LiteTextProcessor
 from .fast import FastSam3LiteText, optimize
+from . import cpu as _cpu  # noqa: F401  (registers optimize's CPU plan)
 from .pipeline import segment_dataset
 
 from_pretrained = Sam3LiteTextModel.from_pretrained  # sam3lt.from_pretrained(path_or_hub_id, dtype=..., device=...)

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .fast import DEVICE_PLANS, FastSam3LiteText, prepare
+
 log = logging.getLogger("sam3lt.cpu")
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -232,8 +234,6 @@ def plan(precision: str = "auto", threads: int | None = None, compiled: bool = F
 
 
 def _fast_class():
-    from .fast import FastSam3LiteText
-
     class CpuFastSam3LiteText(FastSam3LiteText):
         """:class:`~sam3lt.fast.FastSam3LiteText` on the CPU: each call runs under the plan's packed GEMMs (fp32
         models; a bf16/fp16 model runs its GEMMs in its own dtype, unpacked). ``cpu_plan`` says what was chosen."""
@@ -282,8 +282,6 @@ def optimize(model, *, precision: str = "auto", dtype: torch.dtype | None = None
         keep_memory: :func:`keep_freed_memory` (process-wide glibc malloc setting; the largest single gain here).
         image_batches, prompt_buckets, seq_len, copy_outputs, tune: as in :func:`sam3lt.optimize`.
     """
-    from .fast import prepare
-
     allocator = keep_freed_memory() if keep_memory else "malloc unchanged"
     if dtype is None or dtype == torch.float32:
         chosen = plan("fp32" if dtype == torch.float32 else precision, threads, compile, allocator)
@@ -342,3 +340,6 @@ def _compile_stages(fast) -> None:
 
     fast._fns = {name: guarded(name, raw) for name, raw in fast._raw.items()}
     fast.compiled = True
+
+
+DEVICE_PLANS["cpu"] = optimize

@@ -42,6 +42,11 @@ from .model.inputs import check_attention_mask
 _OUTPUT_FIELDS = ("pred_masks", "pred_boxes", "pred_logits", "presence_logits", "semantic_seg")
 
 
+# device type -> its own optimize (same keyword arguments); sam3lt/cpu.py registers "cpu" when sam3lt is imported,
+# so that this module does not import the one that builds on it
+DEVICE_PLANS: dict[str, Callable] = {}
+
+
 def _buckets(name: str, values: Sequence[int]) -> tuple[int, ...]:
     try:
         out = tuple(sorted({int(v) for v in values}))
@@ -387,11 +392,10 @@ def optimize(model: Sam3LiteTextModel, *, dtype: torch.dtype | None = None, devi
     if compile and cuda_graphs and compile_mode in ("reduce-overhead", "max-autotune"):
         raise ValueError(f"compile_mode: {compile_mode!r} makes torch.compile capture CUDA graphs of its own inside "
                          f"ours; use 'max-autotune-no-cudagraphs', or cuda_graphs=False")
-    if device.type == "cpu":  # packed GEMMs, bf16 ones only where the CPU has them (sam3lt/cpu.py)
-        from . import cpu
-        fast = cpu.optimize(model, dtype=dtype, compile=compile, image_batches=image_batches,
-                            prompt_buckets=prompt_buckets, seq_len=seq_len, copy_outputs=copy_outputs,
-                            tune=bool(tune))
+    if device.type in DEVICE_PLANS:  # cpu: packed GEMMs, bf16 ones only where the CPU has them (sam3lt/cpu.py)
+        fast = DEVICE_PLANS[device.type](model, dtype=dtype, compile=compile, image_batches=image_batches,
+                                         prompt_buckets=prompt_buckets, seq_len=seq_len, copy_outputs=copy_outputs,
+                                         tune=bool(tune))
         return fast.warmup() if warmup else fast
     prepare(model, dtype or torch.bfloat16, device)
     fast = FastSam3LiteText(model, cuda_graphs=cuda_graphs, compile=compile, image_batches=image_batches,

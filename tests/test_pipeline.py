@@ -373,6 +373,27 @@ def test_fast_path_and_device_preprocessing_agree(tmp_path, tiny):
         assert max(abs(a[2] - b[2]) for a, b in zip(runs[name], runs["plain"])) <= tolerance, name
 
 
+def test_fast_on_the_cpu_takes_the_cpu_plan(tmp_path, tiny):
+    """fast=True on the CPU builds optimize's CPU plan (bf16 GEMMs only where the CPU has them), with the fast
+    path's accuracy rule against the plain run: scores within 1e-2."""
+    from sam3lt.pipeline.runner import Runner
+
+    processor = tiny[1]
+    runner = Runner.build(load_model(None, "cpu", torch.float32)[0], processor, device="cpu", dtype=torch.float32,
+                          fast=True, prep_mode="workers", threshold=0.0, mask_threshold=0.5, prompt_batch=4,
+                          image_batch=2)
+    assert runner.model.cpu_plan is not None and "cpu_plan" in repr(runner.model)
+    paths = write_good_images(tmp_path / "in")
+    files = [paths["plain.jpg"], paths["wide.png"]]
+    runs = {}
+    for name, fast in (("plain", False), ("fast", True)):
+        segment_dataset(files, text=PROMPTS, out=tmp_path / name, threshold=0.0, workers=0, device="cpu",
+                        batch_size=2, progress=False, model=load_model(None, "cpu", torch.float32)[0], fast=fast)
+        runs[name] = sorted((p["image_id"], p["category_id"], p["score"]) for p in read_coco(tmp_path / name)[2])
+    assert len(runs["fast"]) == len(runs["plain"])
+    assert max(abs(a[2] - b[2]) for a, b in zip(runs["fast"], runs["plain"])) <= 1e-2
+
+
 def test_cli_dataset_run_and_exit_codes(tmp_path, capsys):
     write_good_images(tmp_path / "in")
     assert main(["segment", str(tmp_path / "in"), "--text", "cat", "--out", str(tmp_path / "out"),

@@ -16,26 +16,18 @@ from ._backend import define, dispatch, register
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # gelu: exact (erf), torch's default
 
 
-def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                     activation: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """Eager reference (the spec), in the input dtype with torch's rounding after each step. See :func:`linear`."""
-    y = F.linear(x, weight, bias)
-    if activation is not None:
-        y = ACTIVATIONS[activation](y)
-    return y if residual is None else y + residual
-
-
 _INPLACE = {"gelu": torch.ops.aten.gelu_, "relu": torch.relu_}
 
 
-def linear_eager(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                 activation: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """The reference's ops and values (bitwise), with the epilogue applied in place on the GEMM's fresh output.
+def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     activation: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Eager reference (the spec), in the input dtype with torch's rounding after each step:
+    ``F.linear``, then the activation, then ``+ residual``. See :func:`linear`.
 
-    Why: on the CPU a fresh buffer of more than glibc's mmap threshold (128 KiB up to 32 MiB) comes from the OS as
-    new pages, so every out-of-place epilogue of a large GEMM pays a page fault per 4 KiB (the ViT fc1 output at
-    336² is 11 MiB: ~2,700 faults) on top of its memory traffic. In place: one buffer per call. Out of place, as
-    the reference, where autograd keeps the GEMM output for the activation's backward.
+    The epilogue is applied in place on the GEMM's fresh output (the same values, bitwise). Why: on the CPU a
+    fresh buffer above glibc's mmap threshold (128 KiB up to 32 MiB) comes from the OS as new pages, so every
+    out-of-place epilogue of a large GEMM pays a page fault per 4 KiB (the ViT fc1 output at 336² is 11 MiB:
+    ~2,700 faults) on top of its memory traffic. Out of place where autograd keeps the output for the backward.
     """
     y = F.linear(x, weight, bias)
     inplace = not (torch.is_grad_enabled() and y.requires_grad)
@@ -85,6 +77,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 # The Triton GEMM and the cuda backend (cuBLAS through the reference) run only when named (auto=False): under auto
 # the eager reference runs (cuBLAS + elementwise ops), unless sam3lt.ops.autotune measured another faster.
 define("linear", check_args)
-register("linear", "eager", linear_eager)
+register("linear", "eager", linear_reference)
 register("linear", "triton", *_triton.backend("linear", "linear"), auto=False)
 register("linear", "cuda", *_cuda.torch_backend(linear_reference), auto=False)

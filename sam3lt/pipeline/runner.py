@@ -65,7 +65,9 @@ class Runner:
         if not isinstance(model, FastSam3LiteText):
             model = model.to(device=device, dtype=dtype).eval()
             if fast:
-                model = optimize(model, dtype=dtype, device=device, image_batches=(image_batch,),
+                # on the CPU an fp32 model takes optimize's CPU plan (bf16 GEMMs only where the CPU has them)
+                on_cpu = torch.device(device).type == "cpu" and dtype == torch.float32
+                model = optimize(model, dtype=None if on_cpu else dtype, device=device, image_batches=(image_batch,),
                                  prompt_buckets=sorted({1, 4, 16, min(64, prompt_batch)}))
         return cls(model, processor, Preprocess(processor, prep_mode), threshold, mask_threshold, prompt_batch)
 
