@@ -19,7 +19,7 @@ from sam3lt.pipeline import UsageError, segment_dataset
 from sam3lt.pipeline.runner import load_model
 from test_pipeline import MAX_PIXELS, PROMPTS, _photo, read_coco, read_errors, write_bad_images, write_good_images
 
-IMAGES = 16  # for the killed actor: enough batches of 2 that the kill lands mid-run
+IMAGES = 40  # for the killed actor: one-image batches in blocks of 4, so the kill lands mid-run
 ACTOR_CPUS = 0.5  # on 2 CPUs, a whole-CPU actor leaves one task slot; half leaves the read tasks room
 
 
@@ -63,6 +63,7 @@ def test_ray_matches_local(tmp_path, ray_cluster, model):
         json.loads((tmp_path / "local" / "dataset.json").read_text())["images"]
 
 
+
 def _actor_pids() -> list[int]:
     """Processes of the pipeline's model actors (Ray titles them after the actor class)."""
     pids = []
@@ -76,6 +77,8 @@ def _actor_pids() -> list[int]:
 
 
 def test_killed_actor_is_replaced_and_each_image_written_once(tmp_path, ray_cluster, model):
+    # after the first block of 4 is written, 9 more keep the actor busy long enough for the kill to land mid-run also
+    # on an idle machine (16 images in 2 blocks of 8 all finished before the first poll there)
     folder = tmp_path / "in"
     folder.mkdir()
     for k in range(IMAGES):
@@ -89,14 +92,14 @@ def test_killed_actor_is_replaced_and_each_image_written_once(tmp_path, ray_clus
         while time.monotonic() < deadline and not killed:
             done = journal.read_bytes().count(b"\n") if journal.is_file() else 0
             pids = _actor_pids()
-            if done >= 2 and pids:
+            if done >= 1 and pids:  # the first block is written; the others are still to come
                 os.kill(pids[0], signal.SIGKILL)
                 killed.update(pid=pids[0], done=done)
             time.sleep(0.01)
 
     watcher = threading.Thread(target=kill_an_actor_mid_run)
     watcher.start()
-    summary = segment_dataset(folder, text=PROMPTS, out=out, model=model, threshold=0.0, batch_size=2,
+    summary = segment_dataset(folder, text=PROMPTS, out=out, model=model, threshold=0.0, batch_size=1,
                               engine="ray", ray_actor_cpus=ACTOR_CPUS, progress=False)
     watcher.join()
     assert killed and killed["done"] < IMAGES, f"no actor was killed before the run ended: {killed}"
