@@ -167,10 +167,9 @@ def _sm_count(t: torch.Tensor) -> int | None:
         return None
 
 
-def _splits(programs: int, tiles: int, q: torch.Tensor) -> int:
+def _splits(programs: int, tiles: int, sms: int | None) -> int:
     """Key splits for a grid of ``programs`` that would leave SMs idle: about two programs per SM, each split
     keeping at least 8 key tiles (the merge costs one more launch and an fp32 round trip of the outputs)."""
-    sms = _sm_count(q)
     return 1 if sms is None else max(1, min(triton.cdiv(2 * sms, programs), tiles // 8, 16))
 
 
@@ -205,7 +204,8 @@ def _attention(q, k, v, bias_y, bias_x, key_padding_mask):
     if lk == 0:
         return out.zero_()
     interpreted = is_interpreted(_attn_kernel)
-    block_m, block_n, warps, stages = _config(lq, batch * heads, head_dim, q.dtype, interpreted, _sm_count(q))
+    sms = _sm_count(q)  # asked once per call: the block shape and the key split both depend on it
+    block_m, block_n, warps, stages = _config(lq, batch * heads, head_dim, q.dtype, interpreted, sms)
     has_bias = bias_y is not None
     has_mask = key_padding_mask is not None
     if has_bias:
@@ -223,7 +223,7 @@ def _attention(q, k, v, bias_y, bias_x, key_padding_mask):
     tiles = (triton.cdiv(lk // wg, block_n // tile_x) * triton.cdiv(wg, tile_x) if has_bias else
              triton.cdiv(lk, block_n))
     grid = (triton.cdiv(lq, block_m), batch * heads)
-    splits = _splits(grid[0] * grid[1], tiles, q)
+    splits = _splits(grid[0] * grid[1], tiles, sms)
     per_split = triton.cdiv(tiles, splits)
     splits = triton.cdiv(tiles, per_split)  # no empty split
     block_d = max(16, next_pow2(head_dim))

@@ -144,6 +144,9 @@ def window_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, nu
     """Launcher. qkv (B, H, W, 3·C) any strides; cos/sin (T, D) fp32; pad_value (3·C,) or None.
     Returns (B, H, W, C) contiguous in qkv's dtype. See :func:`sam3lt.ops.window_attention`."""
     batch, height, width, three_c = qkv.shape
+    tokens_qkv = qkv.flatten(1, 2) if window_size == 0 else None  # (B, H·W, 3·C): a view of a contiguous grid
+    if tokens_qkv is not None and rope.supports_rope_qkv(tokens_qkv, cos, sin, num_heads) is None:
+        return _global_attention(tokens_qkv, cos, sin, num_heads, height, width)
     channels = three_c // 3
     head_dim = channels // num_heads
     if window_size > 0:
@@ -155,8 +158,6 @@ def window_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, nu
     out = torch.empty((batch, height, width, channels), device=qkv.device, dtype=qkv.dtype)
     if out.numel() == 0:
         return out
-    if window_size == 0 and rope.supports_rope_qkv(qkv.flatten(1, 2), cos, sin, num_heads) is None:
-        return _global_attention(qkv, cos, sin, num_heads)
     interpreted = is_interpreted(_window_attn_kernel)
     block_m, block_n, warps, stages = _config(tokens, head_dim, qkv.dtype, interpreted)
     n_mblk = triton.cdiv(tokens, block_m)
@@ -173,10 +174,10 @@ def window_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, nu
     return out
 
 
-def _global_attention(qkv, cos, sin, num_heads):
+def _global_attention(tokens_qkv, cos, sin, num_heads, height, width):
     """Each token rotated once, then attention over the (B, heads, H·W, D) views of the rotated tokens."""
-    batch, height, width, three_c = qkv.shape
-    rotated = rope.rope_qkv(qkv.flatten(1, 2), cos, sin, num_heads)  # (B, H·W, 3·C) contiguous
+    batch, _, three_c = tokens_qkv.shape
+    rotated = rope.rope_qkv(tokens_qkv, cos, sin, num_heads)  # (B, H·W, 3·C) contiguous
     q, k, v = rotated.unflatten(-1, (3, num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, H·W, D)
     out = cross_attention.masked_attention(q, k, v, None)  # (B, H·W, C)
     return out.view(batch, height, width, three_c // 3)

@@ -75,7 +75,7 @@ def test_box_bias_attention_split_keys(target, B, heads, Lq, Hg, Wg, D, splits, 
     if target.backend == "triton" and not target.device.startswith("cuda"):
         from sam3lt.kernels import cross_attention as kernel
 
-        monkeypatch.setattr(kernel, "_splits", lambda programs, tiles, q: asked.append(splits) or splits)
+        monkeypatch.setattr(kernel, "_splits", lambda programs, tiles, sms: asked.append(splits) or splits)
     elif splits != 2:
         pytest.skip("the launcher chooses the split count here")
     args = box_case(seed_for(request), B, heads, Lq, Hg, Wg, D, dtype, target.device)
