@@ -2,7 +2,7 @@
 //
 // Every kernel source also compiles as plain C++ with -DSAM3LT_EMULATE against csrc/emu/cuda_emu.h, a CPU
 // emulation of the small CUDA subset used here (threads as fibers, __syncthreads/__syncwarp barriers, warp
-// shuffles, wmma), so the kernels can be tested on machines without a GPU (tests/test_cuda_backend.py).
+// shuffles, ldmatrix / mma.sync / cp.async), so the kernels can be tested on machines without a GPU (tests/test_cuda_backend.py).
 #pragma once
 
 #include <cmath>

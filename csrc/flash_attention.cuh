@@ -3,19 +3,21 @@
 // parameter, so each instantiation carries only its own addressing (fewer registers than one kernel for both).
 //
 // One CTA of 4 warps (128 threads) computes a 64-query tile of one (batch, head[, window]) with an online softmax
-// over 64-key tiles (FA2 forward). Warp w owns query rows [16w, 16w + 16) of the tile; inside a warp, the lane
-// pair (2r, 2r + 1) owns row r: lane half h = lane & 1 handles score columns and output channels 2j + h.
+// over 64-key tiles (FA2 forward). Warp w owns query rows [16w, 16w + 16) of the tile; with g = lane / 4 and
+// t = lane % 4, a lane holds rows g and g + 8 of the warp's rows, and of each 8-column block the columns 2t, 2t + 1
+// (the accumulator layout of mma.sync m16n8k16), for the scores as for the output channels.
 //
-// Per key tile:
-//   1. all threads load K and V (rows n0 .. n0 + 63) into shared memory, converting on the way (RoPE for the
-//      window op, pad values for padded window tokens, zeros past the sequence or past the head dim);
-//   2. S = Q K^T (fp32): 16-bit inputs with tensor cores (nvcuda::wmma 16x16x16, fp32 accumulate) stored to a
-//      per-warp shared tile; fp32 inputs with plain FMAs straight into registers (exact fp32, no TF32);
-//   3. the lane pair turns its row of S into exp2-domain scores (scale, bias, masks), updates the running max
-//      m and sum l (pair reductions with one shuffle), rescales its output accumulator and writes
-//      P = exp2(s - m) rounded to the input dtype to shared memory;
-//   4. O += P V: wmma into a per-warp fp32 scratch (aliasing the consumed S tile), then added to the lanes'
-//      register accumulators; fp32 inputs again with FMAs.
+// K and V tiles are double-buffered: tile j + 1 is copied with cp.async (zero fill past the sequence or head dim;
+// padded window tokens copy the pad vector) while tile j is used, so each tile costs one barrier. Per key tile:
+//   1. wait for the tile's copies; window mode rotates its K chunks in place (RoPE; each thread the chunks it
+//      copied, so no extra barrier); one __syncthreads; issue the next tile's copies;
+//   2. S = Q K^T (fp32): 16-bit inputs with mma.sync m16n8k16 on fragments loaded with ldmatrix (Q once per CTA);
+//      fp32 inputs with plain FMAs (exact fp32, no TF32);
+//   3. exp2-domain scores (scale, bias, masks), running max m and sum l per row (reductions over the 4 lanes of a
+//      row with two shuffles), the output rescaled;
+//   4. O += P V: P = exp2(s - m) rounded to the input dtype goes straight from the S accumulators into A
+//      fragments (the m16n8 accumulator layout of two key blocks is the m16k16 A layout), V through
+//      ldmatrix.trans; fp32 inputs through a per-warp P tile in shared memory.
 // Finally out = O / l (0 where no key was valid, as the reference's masked rows give 0).
 //
 // The head dim runs at the next instantiated width (16, 32, 64, 128): channels past the real head dim are
@@ -34,10 +36,7 @@
 
 #include "common.h"
 #include "static_switch.h"
-
-#ifndef SAM3LT_EMULATE
-#include <mma.h>
-#endif
+#include "tensor_core.cuh"
 
 #include <atomic>
 #include <climits>
@@ -52,29 +51,37 @@
 
 namespace sam3lt {
 
-namespace wmma = nvcuda::wmma;
-
 constexpr int kBM = 64;   // queries per CTA
 constexpr int kBN = 64;   // keys per tile
 constexpr int kAttnThreads = 128;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Shared-memory layout of one CTA (byte offsets; every region is a multiple of 128 bytes, every wmma tile
-// pointer 32-byte aligned and every leading dimension a multiple of 16 bytes, as wmma requires).
+// Shared memory of one CTA: the Q tile, two K and two V tiles (double buffer) and, for fp32, a P tile. Rows are
+// padded by 16 bytes, so the 8 row addresses of an ldmatrix hit distinct banks; every row starts 16-byte aligned
+// (cp.async, ldmatrix).
 template <typename T, int D>
 struct AttnSmem {
+  static_assert(kBM == kBN, "one tile size for Q, K and V rows");
   static constexpr bool k16 = sizeof(T) == 2;
-  static constexpr int kPadE = k16 ? 8 : 4;                            // row padding against bank conflicts
-  static constexpr int LD = D + kPadE;                                 // Q/K/V rows (elements)
-  static constexpr int SLD = (k16 ? (D > kBN ? D : kBN) : kBN) + 4;   // S / PV scratch rows (floats)
-  static constexpr int PLD = kBN + kPadE;                              // P rows (elements)
+  static constexpr int LD = D + 16 / static_cast<int>(sizeof(T));  // Q/K/V rows (elements)
+  static constexpr int PLD = kBN + 4;                               // fp32 P rows (floats)
+  static constexpr size_t tile = sizeof(T) * kBN * LD;
   static constexpr size_t q_off = 0;
-  static constexpr size_t k_off = q_off + sizeof(T) * kBM * LD;
-  static constexpr size_t v_off = k_off + sizeof(T) * kBN * LD;
-  static constexpr size_t s_off = v_off + sizeof(T) * kBN * LD;
-  static constexpr size_t p_off = s_off + (k16 ? sizeof(float) * kBM * SLD : 0);
-  static constexpr size_t bytes = p_off + sizeof(T) * kBM * PLD;
+  static constexpr size_t k_off = q_off + tile;      // K buffers 0 and 1
+  static constexpr size_t v_off = k_off + 2 * tile;  // V buffers 0 and 1
+  static constexpr size_t p_off = v_off + 2 * tile;
+  static constexpr size_t bytes = p_off + (k16 ? 0 : sizeof(float) * kBM * PLD);
 };
+
+// RoPE's rotate_pairwise on 8 channels: (x0, x1) -> (x0 c0 - x1 s0, x1 c1 + x0 s1), in fp32.
+SAM3LT_DEVICE void rotate8(float (&v)[8], const float (&c)[8], const float (&s)[8]) {
+#pragma unroll
+  for (int i = 0; i < 8; i += 2) {
+    const float x0 = v[i], x1 = v[i + 1];
+    v[i] = x0 * c[i] - x1 * s[i];
+    v[i + 1] = x1 * c[i + 1] + x0 * s[i + 1];
+  }
+}
 
 // Channels [d0, d0 + 8) of row `row` of q (role 0), k (1) or v (2), as fp32 (RoPE applied for window q/k);
 // zeros for rows past the sequence and for channels past the head dim.
@@ -97,16 +104,10 @@ SAM3LT_DEVICE void load_chunk(const AttnParams& p, int role, int b, int head, in
       load8(static_cast<const T*>(p.pad) + ch * p.s_pad, p.s_pad, p.vec_pad, v);
     }
     if (role < 2) {
-      // rotate_pairwise: (x0, x1) -> (-x1, x0); out = x * cos + rot(x) * sin, in fp32
       float c[8], s[8];
       load8(p.cos + row * p.s_cos[0] + d0 * p.s_cos[1], p.s_cos[1], p.vec_rope, c);
       load8(p.sin + row * p.s_sin[0] + d0 * p.s_sin[1], p.s_sin[1], p.vec_rope, s);
-#pragma unroll
-      for (int i = 0; i < 8; i += 2) {
-        const float x0 = v[i], x1 = v[i + 1];
-        v[i] = x0 * c[i] - x1 * s[i];
-        v[i + 1] = x1 * c[i + 1] + x0 * s[i + 1];
-      }
+      rotate8(v, c, s);
     }
   } else {
     const T* base;
@@ -124,6 +125,63 @@ SAM3LT_DEVICE void load_chunk(const AttnParams& p, int role, int b, int head, in
     }
     load8(base + b * st[0] + head * st[1] + row * st[2] + d0 * st[3], st[3], vec, v);
   }
+}
+
+// Starts the copy of channels [d0, d0 + 8) of key row `row` of k (role 1) or v (role 2) to the shared chunk dst:
+// cp.async from the tensor, or from the pad vector for padded window tokens; zero fill past the sequence or the
+// head dim (and for padding without a pad vector). Strided inputs go through registers instead.
+template <typename T, AttnMode M>
+SAM3LT_DEVICE void copy_chunk(const AttnParams& p, int role, int b, int head, int wy0, int wx0, int row, int d0,
+                              T* dst) {
+  const T* src = nullptr;
+  int64_t stride = 1;
+  bool vec = true;
+  if (d0 < p.head_dim) {
+    if constexpr (M == AttnMode::kWindow) {
+      if (row < p.T) {
+        const int ty = row / p.win_w;
+        const int y = wy0 + ty, x = wx0 + (row - ty * p.win_w);
+        const int64_t ch = static_cast<int64_t>(role) * p.C + static_cast<int64_t>(head) * p.head_dim + d0;
+        if (y < p.H && x < p.W) {
+          src = static_cast<const T*>(p.qkv) + b * p.s_qkv[0] + y * p.s_qkv[1] + x * p.s_qkv[2] + ch * p.s_qkv[3];
+          stride = p.s_qkv[3];
+          vec = p.vec_qkv;
+        } else if (p.pad != nullptr) {
+          src = static_cast<const T*>(p.pad) + ch * p.s_pad;
+          stride = p.s_pad;
+          vec = p.vec_pad;
+        }
+      }
+    } else if (row < p.Lk) {
+      const int64_t* st = role == 1 ? p.s_k : p.s_v;
+      src = static_cast<const T*>(role == 1 ? p.k : p.v) + b * st[0] + head * st[1] + row * st[2] + d0 * st[3];
+      stride = st[3];
+      vec = role == 1 ? p.vec_k : p.vec_v;
+    }
+  }
+  if (src != nullptr && !vec) {
+    float v[8];
+    load8(src, stride, false, v);
+    store8(dst, v);
+    return;
+  }
+  constexpr int kStep = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte copy
+#pragma unroll
+  for (int c = 0; c < 8; c += kStep) cp_async16(dst + c, src != nullptr ? src + c : nullptr, src != nullptr);
+}
+
+// RoPE on the shared chunk x (channels [d0, d0 + 8) of window key row `row`), in place, rounded to T as the
+// reference; rows past the window stay zero.
+template <typename T>
+SAM3LT_DEVICE void rotate_chunk(const AttnParams& p, int row, int d0, T* x) {
+  if (row >= p.T || d0 >= p.head_dim) return;
+  float v[8], c[8], s[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = to_float(x[i]);
+  load8(p.cos + row * p.s_cos[0] + d0 * p.s_cos[1], p.s_cos[1], p.vec_rope, c);
+  load8(p.sin + row * p.s_sin[0] + d0 * p.s_sin[1], p.s_sin[1], p.vec_rope, s);
+  rotate8(v, c, s);
+  store8(x, v);
 }
 
 // One bias value at byte offset `off` of a table in its stored dtype (uniform branch: one dtype per call).
@@ -147,20 +205,19 @@ template <typename T, int D, AttnMode M, bool kSplit>
 __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
   using L = AttnSmem<T, D>;
   constexpr bool k16 = L::k16;
-  constexpr int kChunks = D / 8;
-  // wmma element type (only used when T is 16-bit; keeps the fp32 instantiation free of fp32 wmma fragments)
-  using FragT = typename std::conditional<k16, T, half_t>::type;
+  constexpr int kChunks = D / 8;  // 8-channel chunks of a row
+  constexpr int kNB = kBN / 8;    // 8-key blocks of a tile (score accumulators)
+  constexpr int kDB = D / 8;      // 8-channel blocks of the output (output accumulators)
 
   SAM3LT_DECLARE_SMEM(smem);
   T* Qs = reinterpret_cast<T*>(smem + L::q_off);
   T* Ks = reinterpret_cast<T*>(smem + L::k_off);
   T* Vs = reinterpret_cast<T*>(smem + L::v_off);
-  float* Ss = reinterpret_cast<float*>(smem + L::s_off);
-  T* Ps = reinterpret_cast<T*>(smem + L::p_off);
+  float* Ps = reinterpret_cast<float*>(smem + L::p_off);  // fp32 only
 
   const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32;
-  const int r = lane >> 1, hf = lane & 1;
+  const int g = lane >> 2, t4 = lane & 3;
   constexpr bool window = M == AttnMode::kWindow;
 
   // CTA -> (b, head, window, query block); the query block varies fastest so that CTAs running together
@@ -180,7 +237,23 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
   const int wx0 = window ? (win % p.n_win_w) * p.win_w : 0;
   const int m0 = mblk * kBM;
 
-  // ---- Q tile
+  const int key_begin = kSplit ? static_cast<int>(blockIdx.y) * p.split_keys : 0;
+  const int key_end = kSplit ? (key_begin + p.split_keys < n_keys ? key_begin + p.split_keys : n_keys) : n_keys;
+
+  // K/V tile starting at key n0 into buffer buf: one commit group per tile.
+  auto issue = [&](int n0, int buf) {
+    T* kd = Ks + buf * kBN * L::LD;
+    T* vd = Vs + buf * kBN * L::LD;
+    for (int it = tid; it < kBN * kChunks; it += kAttnThreads) {
+      const int i = it / kChunks, d0 = (it % kChunks) * 8;
+      copy_chunk<T, M>(p, 1, b, head, wy0, wx0, n0 + i, d0, kd + i * L::LD + d0);
+      copy_chunk<T, M>(p, 2, b, head, wy0, wx0, n0 + i, d0, vd + i * L::LD + d0);
+    }
+    cp_async_commit();
+  };
+  if (key_begin < key_end) issue(key_begin, 0);
+
+  // ---- Q tile (RoPE applied on the way for window q), then Q fragments for the whole key loop
   for (int it = tid; it < kBM * kChunks; it += kAttnThreads) {
     const int i = it / kChunks, d0 = (it % kChunks) * 8;
     float v[8];
@@ -188,174 +261,220 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
     store8(Qs + i * L::LD + d0, v);
   }
   __syncthreads();
-
-  const int qrow = warp * 16 + r;  // this lane pair's row of the tile
-  const int qi = m0 + qrow;        // its query / token index
-  const bool q_valid = qi < rows;
-  const char* by_row = nullptr;  // the bias tables in their stored dtype (p.bias_dtype), addressed in bytes
-  const char* bx_row = nullptr;
-  const int64_t bias_elem = p.bias_dtype == DType::kFloat32 ? 4 : 2;
-  if (!window && p.bias_y != nullptr && q_valid) {
-    by_row = static_cast<const char*>(p.bias_y) + bias_elem * (b * p.s_by[0] + head * p.s_by[1] + qi * p.s_by[2]);
-    bx_row = static_cast<const char*>(p.bias_x) + bias_elem * (b * p.s_bx[0] + head * p.s_bx[1] + qi * p.s_bx[2]);
+  uint32_t qf[k16 ? D / 16 : 1][4];
+  if constexpr (k16) {
+    // matrices: rows 0-7 / 8-15 of the warp's 16 (lane bit 3), channels +0 / +8 (lane bit 4)
+    const T* qrow = Qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * L::LD + (lane >> 4) * 8;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qf[kk], qrow + kk * 16);
   }
+
+  // this lane's rows: warp * 16 + g (h = 0) and + 8 (h = 1)
+  int qi[2];
+  bool q_valid[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    qi[h] = m0 + warp * 16 + g + 8 * h;
+    q_valid[h] = qi[h] < rows;
+  }
+  const bool has_bias = !window && p.bias_y != nullptr;
+  const int64_t bias_elem = p.bias_dtype == DType::kFloat32 ? 4 : 2;
   const uint8_t* mask_row = (!window && p.mask != nullptr) ? p.mask + b * p.s_mb : nullptr;
 
-  wmma::fragment<wmma::matrix_a, 16, 16, 16, FragT, wmma::row_major> qf[k16 ? D / 16 : 1];
-  if constexpr (k16) {
+  float o[kDB][4];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-      wmma::load_matrix_sync(qf[kk], Qs + warp * 16 * L::LD + kk * 16, L::LD);
-  }
-
-  float o[D / 2];
+  for (int j = 0; j < kDB; ++j)
 #pragma unroll
-  for (int j = 0; j < D / 2; ++j) o[j] = 0.0f;
-  float m_i = -INFINITY, l_i = 0.0f;
+    for (int e = 0; e < 4; ++e) o[j][e] = 0.0f;
+  float m_i[2] = {-INFINITY, -INFINITY}, l_i[2] = {0.0f, 0.0f};
 
-  const int key_begin = kSplit ? static_cast<int>(blockIdx.y) * p.split_keys : 0;
-  const int key_end = kSplit ? (key_begin + p.split_keys < n_keys ? key_begin + p.split_keys : n_keys) : n_keys;
-  for (int n0 = key_begin; n0 < key_end; n0 += kBN) {  // split_keys is a multiple of kBN
-    __syncthreads();  // every warp is done with the previous K/V/P tiles
-    for (int it = tid; it < kBN * kChunks; it += kAttnThreads) {
-      const int i = it / kChunks, d0 = (it % kChunks) * 8;
-      float v[8];
-      load_chunk<T, M>(p, 1, b, head, wy0, wx0, n0 + i, d0, v);
-      store8(Ks + i * L::LD + d0, v);
-      load_chunk<T, M>(p, 2, b, head, wy0, wx0, n0 + i, d0, v);
-      store8(Vs + i * L::LD + d0, v);
+  int buf = 0;
+  for (int n0 = key_begin; n0 < key_end; n0 += kBN, buf ^= 1) {  // split_keys is a multiple of kBN
+    T* Kt = Ks + buf * kBN * L::LD;
+    const T* Vt = Vs + buf * kBN * L::LD;
+    cp_async_wait<0>();
+    if constexpr (window) {
+      for (int it = tid; it < kBN * kChunks; it += kAttnThreads) {  // the chunks this thread copied
+        const int i = it / kChunks, d0 = (it % kChunks) * 8;
+        rotate_chunk<T>(p, n0 + i, d0, Kt + i * L::LD + d0);
+      }
     }
-    __syncthreads();
+    __syncthreads();  // this tile is visible to all; every warp is done with the other buffer
+    if (n0 + kBN < key_end) issue(n0 + kBN, buf ^ 1);
 
-    // ---- S = Q K^T for this warp's 16 rows: s[j] = S[r][2j + hf]
-    float s[kBN / 2];
-    if constexpr (k16) {
-      float* Sw = Ss + warp * 16 * L::SLD;
+    // ---- S = Q K^T for this warp's 16 rows: s[nb][e] = S[g + 8 (e / 2)][8 nb + 2 t4 + e % 2]
+    float s[kNB][4];
 #pragma unroll
-      for (int nb = 0; nb < kBN / 16; ++nb) {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-        wmma::fill_fragment(acc, 0.0f);
+    for (int nb = 0; nb < kNB; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nb][e] = 0.0f;
+    if constexpr (k16) {
+      // matrices: keys of block nb (lane bit 4: nb + 1), channels +0 / +8 (lane bit 3)
+      const T* krow = Kt + ((lane >> 4) * 8 + (lane & 7)) * L::LD + ((lane >> 3) & 1) * 8;
+#pragma unroll
+      for (int nb = 0; nb < kNB; nb += 2)
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
-          // K^T block (d, key) = Ks[key * LD + d]: column-major with leading dimension LD
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, FragT, wmma::col_major> kf;
-          wmma::load_matrix_sync(kf, Ks + nb * 16 * L::LD + kk * 16, L::LD);
-          wmma::mma_sync(acc, qf[kk], kf, acc);
+          uint32_t kf[4];
+          ldmatrix_x4(kf, krow + nb * 8 * L::LD + kk * 16);
+          const uint32_t b0[2] = {kf[0], kf[1]}, b1[2] = {kf[2], kf[3]};
+          mma_m16n8k16<T>(s[nb], qf[kk], b0);
+          mma_m16n8k16<T>(s[nb + 1], qf[kk], b1);
         }
-        wmma::store_matrix_sync(Sw + nb * 16, acc, L::SLD, wmma::mem_row_major);
-      }
-      __syncwarp();
-#pragma unroll
-      for (int j = 0; j < kBN / 2; ++j) s[j] = Sw[r * L::SLD + 2 * j + hf];
     } else {
-#pragma unroll
-      for (int j = 0; j < kBN / 2; ++j) s[j] = 0.0f;
-      const T* qp = Qs + qrow * L::LD;
+      const T* q0 = Qs + (warp * 16 + g) * L::LD;
+      const T* q1 = q0 + 8 * L::LD;
+#pragma unroll 2
       for (int d = 0; d < D; ++d) {
-        const float qd = to_float(qp[d]);
+        const float qa = to_float(q0[d]), qb = to_float(q1[d]);
 #pragma unroll
-        for (int j = 0; j < kBN / 2; ++j) s[j] = fmaf(qd, to_float(Ks[(2 * j + hf) * L::LD + d]), s[j]);
+        for (int nb = 0; nb < kNB; ++nb) {
+          const float k0 = to_float(Kt[(nb * 8 + 2 * t4) * L::LD + d]);
+          const float k1 = to_float(Kt[(nb * 8 + 2 * t4 + 1) * L::LD + d]);
+          s[nb][0] = fmaf(qa, k0, s[nb][0]);
+          s[nb][1] = fmaf(qa, k1, s[nb][1]);
+          s[nb][2] = fmaf(qb, k0, s[nb][2]);
+          s[nb][3] = fmaf(qb, k1, s[nb][3]);
+        }
       }
     }
 
-    // ---- online softmax (log2 domain) for row r, columns 2j + hf
-    float tile_max = -INFINITY;
+    // ---- online softmax (log2 domain) for rows g and g + 8
+    float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int j = 0; j < kBN / 2; ++j) {
-      const int key = n0 + 2 * j + hf;
-      bool valid = key < n_keys;
-      float x = s[j] * p.scale_log2;
-      if (valid && mask_row != nullptr) valid = mask_row[key * p.s_mn] != 0;
-      if (valid && by_row != nullptr) {
-        const int gy = key / p.Wg, gx = key - gy * p.Wg;
-        const float bias = round_bias(load_bias(by_row, bias_elem * gy * p.s_by[3], p.bias_dtype) +
-                                          load_bias(bx_row, bias_elem * gx * p.s_bx[3], p.bias_dtype),
-                                      p.bias_dtype, p.dtype);
-        x += bias * kLog2e;
+    for (int h = 0; h < 2; ++h) {
+      // the bias tables' rows in their stored dtype, addressed in bytes (recomputed per tile: fewer live registers)
+      const char* by_row = nullptr;
+      const char* bx_row = nullptr;
+      if (has_bias && q_valid[h]) {
+        by_row = static_cast<const char*>(p.bias_y) + bias_elem * (b * p.s_by[0] + head * p.s_by[1] + qi[h] * p.s_by[2]);
+        bx_row = static_cast<const char*>(p.bias_x) + bias_elem * (b * p.s_bx[0] + head * p.s_bx[1] + qi[h] * p.s_bx[2]);
       }
-      s[j] = valid ? x : -INFINITY;
-      tile_max = fmaxf(tile_max, s[j]);
-    }
-    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-    const float m_new = fmaxf(m_i, tile_max);
-    const float m_ref = m_new == -INFINITY ? 0.0f : m_new;  // no valid key yet: keep every weight 0
-    const float alpha = fast_exp2(m_i - m_ref);
-    float row_sum = 0.0f;
-    T* prow = Ps + qrow * L::PLD;
 #pragma unroll
-    for (int j = 0; j < kBN / 2; ++j) {
-      const float pj = fast_exp2(s[j] - m_ref);
-      row_sum += pj;
-      prow[2 * j + hf] = from_float<T>(pj);
-    }
-    row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
-    l_i = l_i * alpha + row_sum;
-    m_i = m_new;
+      for (int nb = 0; nb < kNB; ++nb)
 #pragma unroll
-    for (int j = 0; j < D / 2; ++j) o[j] *= alpha;
-    __syncwarp();  // P row complete (both lanes), and every lane is done reading its S values
+        for (int c = 0; c < 2; ++c) {
+          const int key = n0 + nb * 8 + 2 * t4 + c;
+          bool valid = key < n_keys;
+          float x = s[nb][2 * h + c] * p.scale_log2;
+          if (valid && mask_row != nullptr) valid = mask_row[key * p.s_mn] != 0;
+          if (valid && by_row != nullptr) {
+            const int gy = key / p.Wg, gx = key - gy * p.Wg;
+            const float bias = round_bias(load_bias(by_row, bias_elem * gy * p.s_by[3], p.bias_dtype) +
+                                              load_bias(bx_row, bias_elem * gx * p.s_bx[3], p.bias_dtype),
+                                          p.bias_dtype, p.dtype);
+            x += bias * kLog2e;
+          }
+          s[nb][2 * h + c] = valid ? x : -INFINITY;
+          tile_max[h] = fmaxf(tile_max[h], s[nb][2 * h + c]);
+        }
+    }
+    float alpha[2], m_ref[2], row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+      tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+      const float m_new = fmaxf(m_i[h], tile_max[h]);
+      m_ref[h] = m_new == -INFINITY ? 0.0f : m_new;  // no valid key yet: keep every weight 0
+      alpha[h] = fast_exp2(m_i[h] - m_ref[h]);
+      m_i[h] = m_new;
+    }
+#pragma unroll
+    for (int nb = 0; nb < kNB; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nb][e] = fast_exp2(s[nb][e] - m_ref[e / 2]);
+        row_sum[e / 2] += s[nb][e];
+      }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
+      row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
+      l_i[h] = l_i[h] * alpha[h] + row_sum[h];
+    }
+#pragma unroll
+    for (int j = 0; j < kDB; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[j][e] *= alpha[e / 2];
 
     // ---- O += P V
     if constexpr (k16) {
-      float* Sw = Ss + warp * 16 * L::SLD;  // scratch for P V (this warp's S tile is consumed)
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, FragT, wmma::row_major> pf[kBN / 16];
+      // matrices: keys +0 / +8 of the 16-key step (lane bit 3), channel blocks db / db + 1 (lane bit 4)
+      const T* vrow = Vt + (((lane >> 3) & 1) * 8 + (lane & 7)) * L::LD + (lane >> 4) * 8;
 #pragma unroll
-      for (int kb = 0; kb < kBN / 16; ++kb)
-        wmma::load_matrix_sync(pf[kb], reinterpret_cast<const FragT*>(Ps) + warp * 16 * L::PLD + kb * 16, L::PLD);
+      for (int kb = 0; kb < kBN / 16; ++kb) {
+        const uint32_t pa[4] = {pack2<T>(s[2 * kb][0], s[2 * kb][1]), pack2<T>(s[2 * kb][2], s[2 * kb][3]),
+                                pack2<T>(s[2 * kb + 1][0], s[2 * kb + 1][1]),
+                                pack2<T>(s[2 * kb + 1][2], s[2 * kb + 1][3])};
 #pragma unroll
-      for (int db = 0; db < D / 16; ++db) {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-        wmma::fill_fragment(acc, 0.0f);
-#pragma unroll
-        for (int kb = 0; kb < kBN / 16; ++kb) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, FragT, wmma::row_major> vf;
-          wmma::load_matrix_sync(vf, reinterpret_cast<const FragT*>(Vs) + kb * 16 * L::LD + db * 16, L::LD);
-          wmma::mma_sync(acc, pf[kb], vf, acc);
+        for (int db = 0; db < kDB; db += 2) {
+          uint32_t vf[4];
+          ldmatrix_x4<true>(vf, vrow + kb * 16 * L::LD + db * 8);
+          const uint32_t b0[2] = {vf[0], vf[1]}, b1[2] = {vf[2], vf[3]};
+          mma_m16n8k16<T>(o[db], pa, b0);
+          mma_m16n8k16<T>(o[db + 1], pa, b1);
         }
-        wmma::store_matrix_sync(Sw + db * 16, acc, L::SLD, wmma::mem_row_major);
       }
-      __syncwarp();
-#pragma unroll
-      for (int j = 0; j < D / 2; ++j) o[j] += Sw[r * L::SLD + 2 * j + hf];
     } else {
-      const T* pr = Ps + qrow * L::PLD;
-      for (int c = 0; c < kBN; ++c) {
-        const float pc = to_float(pr[c]);
-        const T* vr = Vs + c * L::LD;
+      float* Pw = Ps + warp * 16 * L::PLD;  // written after this tile's barrier, read by this warp only
 #pragma unroll
-        for (int j = 0; j < D / 2; ++j) o[j] = fmaf(pc, to_float(vr[2 * j + hf]), o[j]);
+      for (int nb = 0; nb < kNB; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) Pw[(g + 8 * (e / 2)) * L::PLD + nb * 8 + 2 * t4 + e % 2] = s[nb][e];
+      __syncwarp();
+#pragma unroll 2
+      for (int c = 0; c < kBN; ++c) {
+        const float p0 = Pw[g * L::PLD + c], p1 = Pw[(g + 8) * L::PLD + c];
+        const T* vr = Vt + c * L::LD;
+#pragma unroll
+        for (int j = 0; j < kDB; ++j) {
+          const float v0 = to_float(vr[j * 8 + 2 * t4]), v1 = to_float(vr[j * 8 + 2 * t4 + 1]);
+          o[j][0] = fmaf(p0, v0, o[j][0]);
+          o[j][1] = fmaf(p0, v1, o[j][1]);
+          o[j][2] = fmaf(p1, v0, o[j][2]);
+          o[j][3] = fmaf(p1, v1, o[j][3]);
+        }
       }
+      __syncwarp();  // every lane is done with P before the next tile rewrites it
     }
   }
 
   // ---- epilogue: out = O / l (0 for rows without a valid key)
-  if (!q_valid) return;
-  const float inv_l = l_i > 0.0f ? 1.0f / l_i : 0.0f;
-  if constexpr (kSplit) {  // this split's normalised output and log2-sum-exp2 (-inf: no valid key)
-    const int64_t row = (static_cast<int64_t>(blockIdx.y) * p.B * p.heads + static_cast<int64_t>(b) * p.heads + head) * p.Lq + qi;
-    float* part = p.part + row * p.head_dim;
 #pragma unroll
-    for (int j = 0; j < D / 2; ++j)
-      if (2 * j + hf < p.head_dim) part[2 * j + hf] = o[j] * inv_l;
-    if (hf == 0) p.lse[row] = l_i > 0.0f ? m_i + log2f(l_i) : -INFINITY;
-    return;
-  }
-  T* dst = nullptr;
-  if (window) {
-    const int ty = qi / p.win_w;
-    const int y = wy0 + ty, x = wx0 + (qi - ty * p.win_w);
-    if (y < p.H && x < p.W)
-      dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(b) * p.H + y) * p.W + x) * p.C +
+  for (int h = 0; h < 2; ++h) {
+    if (!q_valid[h]) continue;
+    const float inv_l = l_i[h] > 0.0f ? 1.0f / l_i[h] : 0.0f;
+    if constexpr (kSplit) {  // this split's normalised output and log2-sum-exp2 (-inf: no valid key)
+      const int64_t row =
+          (static_cast<int64_t>(blockIdx.y) * p.B * p.heads + static_cast<int64_t>(b) * p.heads + head) * p.Lq + qi[h];
+      float* part = p.part + row * p.head_dim;
+#pragma unroll
+      for (int j = 0; j < kDB; ++j)
+#pragma unroll
+        for (int c = 0; c < 2; ++c)
+          if (j * 8 + 2 * t4 + c < p.head_dim) part[j * 8 + 2 * t4 + c] = o[j][2 * h + c] * inv_l;
+      if (t4 == 0) p.lse[row] = l_i[h] > 0.0f ? m_i[h] + log2f(l_i[h]) : -INFINITY;
+      continue;
+    }
+    T* dst = nullptr;
+    if (window) {
+      const int ty = qi[h] / p.win_w;
+      const int y = wy0 + ty, x = wx0 + (qi[h] - ty * p.win_w);
+      if (y < p.H && x < p.W)
+        dst = static_cast<T*>(p.out) + ((static_cast<int64_t>(b) * p.H + y) * p.W + x) * p.C +
+              static_cast<int64_t>(head) * p.head_dim;
+    } else {
+      dst = static_cast<T*>(p.out) + (static_cast<int64_t>(b) * p.Lq + qi[h]) * (static_cast<int64_t>(p.heads) * p.head_dim) +
             static_cast<int64_t>(head) * p.head_dim;
-  } else {
-    dst = static_cast<T*>(p.out) + (static_cast<int64_t>(b) * p.Lq + qi) * (static_cast<int64_t>(p.heads) * p.head_dim) +
-          static_cast<int64_t>(head) * p.head_dim;
-  }
-  if (dst == nullptr) return;
+    }
+    if (dst == nullptr) continue;
 #pragma unroll
-  for (int j = 0; j < D / 2; ++j) {
-    const int d = 2 * j + hf;
-    if (d < p.head_dim) dst[d] = from_float<T>(o[j] * inv_l);
+    for (int j = 0; j < kDB; ++j)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int d = j * 8 + 2 * t4 + c;
+        if (d < p.head_dim) dst[d] = from_float<T>(o[j][2 * h + c] * inv_l);
+      }
   }
 }
 

@@ -12,9 +12,9 @@ it runs here; a test calls ``ops.<op>(..., backend=target.backend)`` on inputs m
 - ``cuda-emu``: the cuda backend with the extension's kernels (``_cuda.kernel_ops()``) replaced, for the test, by
   the same kernel sources and host code compiled for the CPU against csrc/emu/cuda_emu.h
   (``torch.ops.sam3lt_emu.*``, :func:`build_emulator`), which runs every CUDA thread as a fiber with real
-  barrier, warp-shuffle and wmma semantics. Threads run in a random order seeded from the test id (a missing
-  barrier changes results; tests/test_cuda_backend.py checks that other orders give bit-identical outputs),
-  outputs are allocated between guard bytes (out-of-bounds writes fail) and filled with NaN first (elements
+  barrier, warp-shuffle, ldmatrix / mma.sync fragment and cp.async semantics. Threads run in a random order
+  seeded from the test id (a missing barrier changes results; tests/test_cuda_backend.py checks that other
+  orders give bit-identical outputs), outputs are allocated between guard bytes (out-of-bounds writes fail) and filled with NaN first (elements
   never written). For every op whose cuda backend is made of the extension's kernels (composites such as
   ``repmixer_block_dwconv`` too), on any machine; fp32/fp16/bf16. ``SAM3LT_SKIP_EMULATION=1`` skips it.
 

@@ -53,6 +53,34 @@ def test_emulator_detects_missing_barriers(emulated):
         torch.ops.sam3lt_emu.selftest(2)
 
 
+def test_emulated_cp_async_completes_at_the_wait(emulated):
+    """cp.async lands at cp.async.wait_group: read after the wait, the data; before it, the poison (-1); a
+    misaligned source is an error."""
+    src = torch.arange(4 * 64, dtype=torch.int32)
+    assert torch.equal(torch.ops.sam3lt_emu.selftest(3), src[::4])
+    assert torch.equal(torch.ops.sam3lt_emu.selftest(4), torch.full((64,), -1, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="cp.async"):
+        torch.ops.sam3lt_emu.selftest(5)
+
+
+def test_emulated_fragments_follow_the_ptx_layouts(emulated):
+    """ldmatrix .x4 (plain and .trans) and mma.sync m16n8k16 against the PTX ISA's fragment tables, written out
+    here independently of the emulator: lane l, g = l // 4, t = l % 4."""
+    out = torch.ops.sam3lt_emu.fragment_selftest()
+    m = torch.arange(256, dtype=torch.float32).view(16, 16)  # M[r][c] = 16 r + c
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        # matrix j: rows 8 (j % 2) .. + 8, columns 8 (j // 2) .. + 8 (the addresses the selftest gives)
+        mats = [m[8 * (j % 2):8 * (j % 2) + 8, 8 * (j // 2):8 * (j // 2) + 8] for j in range(4)]
+        plain = [x for mat in mats for x in (mat[g, 2 * t], mat[g, 2 * t + 1])]
+        trans = [x for mat in mats for x in (mat[2 * t, g], mat[2 * t + 1, g])]
+        assert out[lane, :8].tolist() == [float(x) for x in plain], lane
+        assert out[lane, 8:16].tolist() == [float(x) for x in trans], lane
+        d = m @ m[:, :8]  # A = M (row), B = M[:, 0:8] (k x n)
+        assert out[lane, 16:].tolist() == [float(d[g, 2 * t]), float(d[g, 2 * t + 1]),
+                                           float(d[g + 8, 2 * t]), float(d[g + 8, 2 * t + 1])], lane
+
+
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 def test_emulated_results_do_not_depend_on_the_schedule(emulated, dtype, request):
     """Every op, several shapes, under forward / reverse / two random thread orders: bit-identical outputs."""

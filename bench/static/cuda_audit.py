@@ -81,12 +81,11 @@ def compile_all(cc: int, cuobjdump: str, jobs: int = 2) -> list[dict]:
 # ---------------------------------------------------------------- launch models (mirror the host launchers)
 
 def _attn_smem(dtype: str, d: int, bm: int, bn: int) -> int:
-    """AttnSmem<T, D>::bytes (csrc/flash_attention.cuh): Q, K, V rows padded, fp32 S scratch (16-bit only), P."""
-    k16 = dtype != "float32"
-    size = 2 if k16 else 4
-    pad = 8 if k16 else 4
-    ld, sld, pld = d + pad, (max(d, bn) if k16 else bn) + 4, bn + pad
-    return size * (bm * ld + 2 * bn * ld + bm * pld) + (4 * bm * sld if k16 else 0)
+    """AttnSmem<T, D>::bytes (csrc/flash_attention.cuh): Q and two K and two V tiles (rows padded by 16 bytes),
+    plus an fp32 P tile for fp32 inputs."""
+    size = 4 if dtype == "float32" else 2
+    ld = d + 16 // size
+    return size * (bm * ld + 4 * bn * ld) + (4 * bm * (bn + 4) if size == 4 else 0)
 
 
 def _attn_width(d: int) -> int:

@@ -12,15 +12,17 @@
 // shared memory another thread has not written yet in that order reads the poison pattern (0xFF bytes: NaN)
 // or stale values.
 //
-// wmma: a fragment holds the whole 16x16 tile in every lane (the real layout is opaque, and the kernels do not
-// depend on it); mma_sync computes in fp32 with the products of exactly representable 16-bit inputs;
-// store_matrix_sync writes from each lane only the elements e with e % 32 == lane, so a missing __syncwarp
-// between a store and reads of other lanes' elements is visible in some orders.
+// ldmatrix / mma.sync (m16n8k16): warp collectives with the PTX ISA's fragment layouts. Each lane posts its
+// operands (row address, fragments) to a per-thread slot, the warp meets at a barrier, then each lane computes
+// its own result from the posted operands (two slot sets used in turn, so no second barrier is needed).
+// cp.async: a copy is queued and carried out only when the thread waits for its group (cp.async.wait_group), so
+// a read of the destination before the wait sees the poison pattern; 16-byte alignment is checked.
 #pragma once
 
 #include <ucontext.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -92,6 +94,11 @@ struct Emulator {
   char* smem = nullptr;
   size_t smem_size = 0;
   std::vector<uint64_t> xchg;  // one slot per thread for warp shuffles
+  std::vector<std::array<uint64_t, 8>> posts[2];  // per-thread operand slots of warp collectives (two sets)
+  std::vector<int64_t> collectives;              // warp collectives each thread has reached
+  struct Copy { void* dst; const void* src; int bytes; int group; };
+  std::vector<std::vector<Copy>> copies;  // per-thread cp.async queue
+  std::vector<int> open_group;            // per-thread index of the group new copies join
   Order order = Order::kForward;
   std::mt19937 rng{1234};
   std::string error;
@@ -212,6 +219,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, F&& f) {
   if (static_cast<int>(e.fibers.size()) < n) e.fibers.resize(n);
   while (static_cast<int>(e.stacks.size()) < n) e.stacks.emplace_back(new char[e.stack_size]);
   e.xchg.assign(n, 0);
+  for (auto& set : e.posts) set.assign(n, {});
   e.smem_raw.reset(new char[smem_bytes + 256]);
   e.smem = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(e.smem_raw.get()) + 127) & ~uintptr_t(127));
   e.smem_size = smem_bytes;
@@ -224,6 +232,9 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, F&& f) {
       for (unsigned int x = 0; x < grid.x; ++x) {
         blockIdx = dim3(x, y, z);
         std::memset(e.smem, 0xFF, smem_bytes);  // poison: NaN for every float type
+        e.collectives.assign(n, 0);
+        e.copies.assign(n, {});
+        e.open_group.assign(n, 0);
         run_block(block);
       }
   e.body = nullptr;
@@ -260,71 +271,100 @@ inline T __shfl_xor_sync(unsigned int mask, T value, int lane_mask, int width = 
 
 inline float __ldg(const float* p) { return *p; }
 
-// ------------------------------------------------------------------ wmma
+// ------------------------------------------------------------------ ldmatrix, mma.sync, cp.async
 
-namespace nvcuda {
-namespace wmma {
+namespace sam3lt_emu {
 
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-
-template <class Use, int M, int N, int K, class T, class Layout = void>
-struct fragment {
-  static constexpr int kRows = std::is_same<Use, matrix_b>::value ? K : M;
-  static constexpr int kCols = std::is_same<Use, matrix_a>::value ? K : N;
-  float v[kRows * kCols];
-};
-
-inline void check_ptr(const void* p, unsigned ldm, size_t elem, const char* what) {
-  if (reinterpret_cast<uintptr_t>(p) % 32 != 0)
-    sam3lt_emu::fail(std::string(what) + ": pointer not 256-bit aligned");
-  if ((ldm * elem) % 16 != 0) sam3lt_emu::fail(std::string(what) + ": ldm not a multiple of 16 bytes");
+inline bool in_smem(const void* p, size_t bytes) {
+  const Emulator& e = emu();
+  const char* c = static_cast<const char*>(p);
+  return c >= e.smem && c + bytes <= e.smem + e.smem_size;
 }
 
-template <class Use, int M, int N, int K, class T, class Layout, class V>
-inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, V value) {
-  for (auto& x : f.v) x = static_cast<float>(value);
+// Posts this lane's operand words for the warp collective it has reached, waits for the whole warp, and returns
+// the 32 slots of its warp. Two slot sets are used in turn: a lane can be at most one collective ahead of another
+// (the next collective's barrier holds it), so nobody overwrites a set still being read.
+inline const std::array<uint64_t, 8>* post(const uint64_t* words, int n, const char* what) {
+  Emulator& e = emu();
+  const int me = e.current;
+  if (e.nthreads % 32 != 0) fail(std::string(what) + ": the block is not a whole number of warps");
+  auto& set = e.posts[e.collectives[me]++ & 1];
+  std::copy(words, words + n, set[me].begin());
+  __syncwarp();
+  return set.data() + (me & ~31);
 }
 
-template <class Use, int M, int N, int K, class T, class Layout>
-inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm) {
-  static_assert(!std::is_same<Use, accumulator>::value, "accumulator loads need a layout");
-  check_ptr(p, ldm, sizeof(T), "load_matrix_sync");
-  using F = fragment<Use, M, N, K, T, Layout>;
-  for (int r = 0; r < F::kRows; ++r)
-    for (int c = 0; c < F::kCols; ++c) {
-      const T& x = std::is_same<Layout, row_major>::value ? p[r * ldm + c] : p[c * ldm + r];
-      f.v[r * F::kCols + c] = static_cast<float>(x);
-    }
-}
-
-template <int M, int N, int K>
-inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
-  check_ptr(p, ldm, sizeof(float), "store_matrix_sync");
-  const int lane = sam3lt_emu::lane_id();
-  for (int e = lane; e < M * N; e += 32) {
-    const int r = e / N, c = e % N;
-    if (layout == mem_row_major) p[r * ldm + c] = f.v[e];
-    else p[c * ldm + r] = f.v[e];
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane l gives the address of row l % 8 of matrix l / 8;
+// r[j] receives matrix j's elements (l / 4, 2 (l % 4) + {0, 1}), or with .trans (2 (l % 4) + {0, 1}, l / 4).
+template <bool kTrans>
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+  if (!in_smem(row, 16) || reinterpret_cast<uintptr_t>(row) % 16 != 0)
+    fail("ldmatrix: a row address outside shared memory or not 16-byte aligned");
+  const uint64_t word = reinterpret_cast<uintptr_t>(row);
+  const auto* lanes = post(&word, 1, "ldmatrix");
+  const int l = lane_id();
+  auto elem = [&](int j, int i, int c) {  // matrix j, row i, column c
+    return static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(lanes[8 * j + i][0])[c]);
+  };
+  for (int j = 0; j < 4; ++j) {
+    if (kTrans) r[j] = elem(j, 2 * (l % 4), l / 4) | elem(j, 2 * (l % 4) + 1, l / 4) << 16;
+    else r[j] = elem(j, l / 4, 2 * (l % 4)) | elem(j, l / 4, 2 * (l % 4) + 1) << 16;
   }
 }
 
-template <int M, int N, int K, class TA, class LA, class TB, class LB>
-inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
-                     const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
-  float out[M * N];
-  for (int r = 0; r < M; ++r)
-    for (int col = 0; col < N; ++col) {
-      float acc = c.v[r * N + col];
-      for (int k = 0; k < K; ++k) acc = std::fma(a.v[r * K + k], b.v[k * N + col], acc);
-      out[r * N + col] = acc;
-    }
-  std::memcpy(d.v, out, sizeof(out));
+template <typename T>
+inline float from_bits(uint32_t bits) {
+  return static_cast<float>(T(static_cast<uint16_t>(bits), T::from_bits()));
 }
 
-}  // namespace wmma
-}  // namespace nvcuda
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: d += A B. With g = l / 4, t = l % 4, lane l holds
+// a = {A[g][2t..], A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..]} (pairs, low half first), b = {B[2t..][g],
+// B[2t+8..][g]} and d = {D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]}. Sums in fp32, k in order.
+template <typename T>
+inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const uint64_t words[3] = {a[0] | uint64_t{a[1]} << 32, a[2] | uint64_t{a[3]} << 32, b[0] | uint64_t{b[1]} << 32};
+  const auto* lanes = post(words, 3, "mma.sync");
+  auto reg = [&](int lane, int k) { return static_cast<uint32_t>(lanes[lane][k / 2] >> (32 * (k % 2))); };
+  auto A = [&](int r, int k) {  // register (r >= 8) + 2 (k >= 8) of lane 4 (r % 8) + (k % 8) / 2
+    return from_bits<T>(reg(4 * (r % 8) + (k % 8) / 2, (r >= 8) + 2 * (k >= 8)) >> (16 * (k % 2)));
+  };
+  auto B = [&](int k, int n) { return from_bits<T>(reg(4 * n + (k % 8) / 2, 4 + (k >= 8)) >> (16 * (k % 2))); };
+  const int l = lane_id(), g = l / 4, t = l % 4;
+  for (int e = 0; e < 4; ++e) {
+    const int r = g + 8 * (e / 2), n = 2 * t + e % 2;
+    float acc = d[e];
+    for (int k = 0; k < 16; ++k) acc = std::fma(A(r, k), B(k, n), acc);
+    d[e] = acc;
+  }
+}
+
+// cp.async.cg.shared.global [dst], [src], 16, src_bytes: queued, carried out by cp_async_wait.
+inline void cp_async16(void* dst, const void* src, int src_bytes) {
+  Emulator& e = emu();
+  if (!in_smem(dst, 16) || reinterpret_cast<uintptr_t>(dst) % 16 != 0)
+    fail("cp.async: destination outside shared memory or not 16-byte aligned");
+  if (src_bytes != 0 && (src_bytes != 16 || reinterpret_cast<uintptr_t>(src) % 16 != 0))
+    fail("cp.async: source not 16-byte aligned (or a partial copy)");
+  e.copies[e.current].push_back({dst, src, src_bytes, e.open_group[e.current]});
+}
+
+inline void cp_async_commit() { ++emu().open_group[emu().current]; }
+
+// cp.async.wait_group n: every committed group but the newest n is complete.
+inline void cp_async_wait(int n) {
+  Emulator& e = emu();
+  auto& q = e.copies[e.current];
+  const int done_below = e.open_group[e.current] - n;
+  auto keep = q.begin();
+  for (auto& c : q) {
+    if (c.group < done_below) {
+      std::memset(c.dst, 0, 16);
+      if (c.bytes) std::memcpy(c.dst, c.src, c.bytes);
+    } else {
+      *keep++ = c;
+    }
+  }
+  q.erase(keep, q.end());
+}
+
+}  // namespace sam3lt_emu

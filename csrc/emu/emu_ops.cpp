@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "../ops.h"
+#include "../tensor_core.cuh"
 
 // The kernels (every csrc/*.cu) are compiled into the same unit after this file: the test's build writes one
 // source that includes this file and then each of them, so a new family needs no line here.
@@ -95,10 +96,61 @@ void race_kernel(int* out, int mode) {
   out[t] = s[(t + 1) % n];
 }
 
+// mode 3: thread t copies src[4t .. 4t + 4) to shared memory with cp.async, waits, reads s[4t] (gets src[4t]);
+// 4: reads before the wait (gets the poison, -1); 5: a copy from a misaligned source (must be reported).
+void copy_kernel(const int* src, int* out, int mode) {
+  int* s = reinterpret_cast<int*>(sam3lt_emu::dynamic_smem());
+  const int t = static_cast<int>(threadIdx.x);
+  sam3lt::cp_async16(s + 4 * t, src + 4 * t + (mode == 5 ? 1 : 0), true);
+  sam3lt::cp_async_commit();
+  if (mode == 4) out[t] = s[4 * t];
+  sam3lt::cp_async_wait<0>();
+  if (mode != 4) out[t] = s[4 * t];
+}
+
 at::Tensor selftest(int64_t mode) {
+  TORCH_CHECK(mode >= 0 && mode <= 5, "selftest: mode must be in 0..5");
   at::Tensor out = at::full({64}, -7, at::kInt);
   int* ptr = out.data_ptr<int>();
+  if (mode >= 3) {
+    at::Tensor src = at::arange(4 * 64 + 4, at::kInt);
+    const int* sp = src.data_ptr<int>();
+    sam3lt_emu::launch(dim3(1), dim3(64), 4 * 64 * sizeof(int), [&] { copy_kernel(sp, ptr, static_cast<int>(mode)); });
+    return out;
+  }
   sam3lt_emu::launch(dim3(1), dim3(64), 64 * sizeof(int), [&] { race_kernel(ptr, static_cast<int>(mode)); });
+  return out;
+}
+
+// One warp on the 16 x 16 matrix M[r][c] = r * 16 + c (exact in bf16) in shared memory. Row (lane % 8) +
+// 8 ((lane / 8) % 2), columns from 8 (lane / 16): ldmatrix_x4 -> out[lane][0:8], the .trans version ->
+// out[lane][8:16], then D = M M[:, 0:8] with mma_m16n8k16 on those fragments -> out[lane][16:20]
+// (tests/test_cuda_backend.py checks each against the PTX ISA's layouts).
+void fragment_kernel(float* out) {
+  using T = c10::BFloat16;
+  T* s = reinterpret_cast<T*>(sam3lt_emu::dynamic_smem());
+  const int lane = static_cast<int>(threadIdx.x);
+  for (int i = lane; i < 256; i += 32) s[i] = T(static_cast<float>(i));
+  __syncwarp();
+  const T* row = s + ((lane % 8) + 8 * ((lane / 8) % 2)) * 16 + 8 * (lane / 16);
+  uint32_t a[4], bt[4];
+  sam3lt::ldmatrix_x4(a, row);
+  sam3lt::ldmatrix_x4<true>(bt, row);
+  auto half = [](uint32_t r, int h) { return sam3lt_emu::from_bits<T>(r >> (16 * h)); };
+  for (int j = 0; j < 8; ++j) {
+    out[lane * 20 + j] = half(a[j / 2], j % 2);
+    out[lane * 20 + 8 + j] = half(bt[j / 2], j % 2);
+  }
+  float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const uint32_t b[2] = {bt[0], bt[1]};
+  sam3lt::mma_m16n8k16<T>(d, a, b);
+  for (int e = 0; e < 4; ++e) out[lane * 20 + 16 + e] = d[e];
+}
+
+at::Tensor fragment_selftest() {
+  at::Tensor out = at::full({32, 20}, -1.0f, at::kFloat);
+  float* ptr = out.data_ptr<float>();
+  sam3lt_emu::launch(dim3(1), dim3(32), 256 * sizeof(c10::BFloat16), [&] { fragment_kernel(ptr); });
   return out;
 }
 
@@ -112,6 +164,7 @@ TORCH_LIBRARY(sam3lt_emu, m) {
   m.def("set_schedule(int order, int seed) -> ()", &set_schedule);
   m.def("launch_count() -> int", &launch_count);
   m.def("selftest(int mode) -> Tensor", &selftest);
+  m.def("fragment_selftest() -> Tensor", &fragment_selftest);
 }
 
 TORCH_LIBRARY_IMPL(sam3lt_emu, CPU, m) { SAM3LT_OPS(SAM3LT_EMU) }
