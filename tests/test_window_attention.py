@@ -48,6 +48,9 @@ CASES += [(1, _rng.randint(2, 11), _rng.randint(2, 11), _rng.choice([1, 2]), _rn
 # head dims the CUDA kernels zero-pad to the next instantiation (8 -> 16, 40 -> 64, 96 -> 128) and 128 itself
 CASES += [(1, 6, 7, 2, 8, 4, True), (1, 5, 5, 1, 40, 0, False), (1, 9, 10, 1, 128, 4, True),
           (1, 4, 9, 1, 96, 3, True)]
+# windows of more than one block in the interpreter (81 tokens: 2 query blocks, 2 key tiles of 64, the second
+# partly past the window), padded and odd-sized, 2 images
+CASES += [(2, 11, 12, 2, 16, 9, True), (1, 9, 9, 1, 16, 9, False)]
 
 
 @kernel_test

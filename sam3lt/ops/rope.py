@@ -1,8 +1,8 @@
 """The ViT's 2-D axial RoPE applied once to the q and k parts of a fused QKV tensor (``rope_qkv``).
 
-The first step of "rotate each key once per layer" (issue 13): window_attention rotates q and k inside the
-attention kernel, so a global layer rotates every key once per query block; this op rotates each token once and
-leaves an attention kernel (or SDPA) nothing to do but attend. The maths is window_attention's RoPE
+"Rotate each key once per layer" (issue 13): this op rotates each token once and leaves an attention kernel (or
+SDPA) nothing to do but attend; the Triton window_attention runs the same kernel on the token grid
+(``kernels/rope.py``: ``rope_qk_grid``) before its attention kernel. The maths is window_attention's RoPE
 (:func:`sam3lt.ops.window_attention.apply_rope`), on the token sequences window_attention_reference attends over.
 """
 from __future__ import annotations
