@@ -8,9 +8,10 @@
 // (the accumulator layout of mma.sync m16n8k16), for the scores as for the output channels.
 //
 // K and V tiles are double-buffered: tile j + 1 is copied with cp.async (zero fill past the sequence or head dim;
-// padded window tokens copy the pad vector) while tile j is used, so each tile costs one barrier. Per key tile:
-//   1. wait for the tile's copies; window mode rotates its K chunks in place (RoPE; each thread the chunks it
-//      copied, so no extra barrier); one __syncthreads; issue the next tile's copies;
+// padded window tokens copy the (rotated) pad vector) while tile j is used, so each tile costs one barrier. Per
+// key tile:
+//   1. wait for the tile's copies; one __syncthreads; issue the next tile's copies (window q/k come rotated
+//      from the RoPE pass of window_attention.cu);
 //   2. S = Q K^T (fp32): 16-bit inputs with mma.sync m16n8k16 on fragments loaded with ldmatrix (Q once per CTA);
 //      fp32 inputs with plain FMAs (exact fp32, no TF32);
 //   3. exp2-domain scores (scale, bias, masks), running max m and sum l per row (reductions over the 4 lanes of a
@@ -73,92 +74,61 @@ struct AttnSmem {
   static constexpr size_t bytes = p_off + (k16 ? 0 : sizeof(float) * kBM * PLD);
 };
 
-// RoPE's rotate_pairwise on 8 channels: (x0, x1) -> (x0 c0 - x1 s0, x1 c1 + x0 s1), in fp32.
-SAM3LT_DEVICE void rotate8(float (&v)[8], const float (&c)[8], const float (&s)[8]) {
-#pragma unroll
-  for (int i = 0; i < 8; i += 2) {
-    const float x0 = v[i], x1 = v[i + 1];
-    v[i] = x0 * c[i] - x1 * s[i];
-    v[i + 1] = x1 * c[i + 1] + x0 * s[i + 1];
-  }
-}
-
-// Channels [d0, d0 + 8) of row `row` of q (role 0), k (1) or v (2), as fp32 (RoPE applied for window q/k);
-// zeros for rows past the sequence and for channels past the head dim.
+// The source of channels [d0, d0 + 8) of row `row` of q (role 0), k (1) or v (2) and its stride (window q and k
+// rotated: p.qk for the grid's tokens, p.qk_pad for padding); null for zeros: rows past the sequence, channels
+// past the head dim, padding without a pad vector. vec: the source allows 16-byte loads.
 template <typename T, AttnMode M>
-SAM3LT_DEVICE void load_chunk(const AttnParams& p, int role, int b, int head, int wy0, int wx0, int row, int d0,
-                              float (&v)[8]) {
-#pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = 0.0f;
-  if (d0 >= p.head_dim) return;  // head_dim is a multiple of 8: a chunk is all inside or all outside
+SAM3LT_DEVICE const T* chunk_source(const AttnParams& p, int role, int b, int head, int wy0, int wx0, int row,
+                                    int d0, int64_t& stride, bool& vec) {
+  stride = 1;
+  vec = true;
+  if (d0 >= p.head_dim) return nullptr;  // head_dim is a multiple of 8: a chunk is all inside or all outside
   if constexpr (M == AttnMode::kWindow) {
-    if (row >= p.T) return;
+    if (row >= p.T) return nullptr;
     const int ty = row / p.win_w;
     const int y = wy0 + ty, x = wx0 + (row - ty * p.win_w);
     const int64_t ch = static_cast<int64_t>(role) * p.C + static_cast<int64_t>(head) * p.head_dim + d0;
     if (y < p.H && x < p.W) {
-      const T* src = static_cast<const T*>(p.qkv) + b * p.s_qkv[0] + y * p.s_qkv[1] + x * p.s_qkv[2] +
-                     ch * p.s_qkv[3];
-      load8(src, p.s_qkv[3], p.vec_qkv, v);
-    } else if (p.pad != nullptr) {
-      load8(static_cast<const T*>(p.pad) + ch * p.s_pad, p.s_pad, p.vec_pad, v);
+      if (role < 2) return static_cast<const T*>(p.qk) + ((static_cast<int64_t>(b) * p.H + y) * p.W + x) * 2 * p.C + ch;
+      stride = p.s_qkv[3];
+      vec = p.vec_qkv;
+      return static_cast<const T*>(p.qkv) + b * p.s_qkv[0] + y * p.s_qkv[1] + x * p.s_qkv[2] + ch * p.s_qkv[3];
     }
-    if (role < 2) {
-      float c[8], s[8];
-      load8(p.cos + row * p.s_cos[0] + d0 * p.s_cos[1], p.s_cos[1], p.vec_rope, c);
-      load8(p.sin + row * p.s_sin[0] + d0 * p.s_sin[1], p.s_sin[1], p.vec_rope, s);
-      rotate8(v, c, s);
-    }
+    if (p.pad == nullptr) return nullptr;
+    if (role < 2) return static_cast<const T*>(p.qk_pad) + static_cast<int64_t>(row) * 2 * p.C + ch;
+    stride = p.s_pad;
+    vec = p.vec_pad;
+    return static_cast<const T*>(p.pad) + ch * p.s_pad;
   } else {
-    const T* base;
-    const int64_t* st;
-    bool vec;
-    if (role == 0) {
-      if (row >= p.Lq) return;
-      base = static_cast<const T*>(p.q); st = p.s_q; vec = p.vec_q;
-    } else if (role == 1) {
-      if (row >= p.Lk) return;
-      base = static_cast<const T*>(p.k); st = p.s_k; vec = p.vec_k;
-    } else {
-      if (row >= p.Lk) return;
-      base = static_cast<const T*>(p.v); st = p.s_v; vec = p.vec_v;
-    }
-    load8(base + b * st[0] + head * st[1] + row * st[2] + d0 * st[3], st[3], vec, v);
+    if (row >= (role == 0 ? p.Lq : p.Lk)) return nullptr;
+    const int64_t* st = role == 0 ? p.s_q : role == 1 ? p.s_k : p.s_v;
+    stride = st[3];
+    vec = role == 0 ? p.vec_q : role == 1 ? p.vec_k : p.vec_v;
+    return static_cast<const T*>(role == 0 ? p.q : role == 1 ? p.k : p.v) + b * st[0] + head * st[1] + row * st[2] +
+           d0 * st[3];
   }
 }
 
+// Channels [d0, d0 + 8) of row `row` of q (role 0), k (1) or v (2) as fp32 (zeros where there is no source).
+template <typename T, AttnMode M>
+SAM3LT_DEVICE void load_chunk(const AttnParams& p, int role, int b, int head, int wy0, int wx0, int row, int d0,
+                              float (&v)[8]) {
+  int64_t stride;
+  bool vec;
+  const T* src = chunk_source<T, M>(p, role, b, head, wy0, wx0, row, d0, stride, vec);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = 0.0f;
+  if (src != nullptr) load8(src, stride, vec, v);
+}
+
 // Starts the copy of channels [d0, d0 + 8) of key row `row` of k (role 1) or v (role 2) to the shared chunk dst:
-// cp.async from the tensor, or from the pad vector for padded window tokens; zero fill past the sequence or the
-// head dim (and for padding without a pad vector). Strided inputs go through registers instead.
+// cp.async from its source, zero fill where there is none; strided sources go through registers instead.
 template <typename T, AttnMode M>
 SAM3LT_DEVICE void copy_chunk(const AttnParams& p, int role, int b, int head, int wy0, int wx0, int row, int d0,
                               T* dst) {
-  const T* src = nullptr;
-  int64_t stride = 1;
-  bool vec = true;
-  if (d0 < p.head_dim) {
-    if constexpr (M == AttnMode::kWindow) {
-      if (row < p.T) {
-        const int ty = row / p.win_w;
-        const int y = wy0 + ty, x = wx0 + (row - ty * p.win_w);
-        const int64_t ch = static_cast<int64_t>(role) * p.C + static_cast<int64_t>(head) * p.head_dim + d0;
-        if (y < p.H && x < p.W) {
-          src = static_cast<const T*>(p.qkv) + b * p.s_qkv[0] + y * p.s_qkv[1] + x * p.s_qkv[2] + ch * p.s_qkv[3];
-          stride = p.s_qkv[3];
-          vec = p.vec_qkv;
-        } else if (p.pad != nullptr) {
-          src = static_cast<const T*>(p.pad) + ch * p.s_pad;
-          stride = p.s_pad;
-          vec = p.vec_pad;
-        }
-      }
-    } else if (row < p.Lk) {
-      const int64_t* st = role == 1 ? p.s_k : p.s_v;
-      src = static_cast<const T*>(role == 1 ? p.k : p.v) + b * st[0] + head * st[1] + row * st[2] + d0 * st[3];
-      stride = st[3];
-      vec = role == 1 ? p.vec_k : p.vec_v;
-    }
-  }
+  int64_t stride;
+  bool vec;
+  const T* src = chunk_source<T, M>(p, role, b, head, wy0, wx0, row, d0, stride, vec);
   if (src != nullptr && !vec) {
     float v[8];
     load8(src, stride, false, v);
@@ -168,20 +138,6 @@ SAM3LT_DEVICE void copy_chunk(const AttnParams& p, int role, int b, int head, in
   constexpr int kStep = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte copy
 #pragma unroll
   for (int c = 0; c < 8; c += kStep) cp_async16(dst + c, src != nullptr ? src + c : nullptr, src != nullptr);
-}
-
-// RoPE on the shared chunk x (channels [d0, d0 + 8) of window key row `row`), in place, rounded to T as the
-// reference; rows past the window stay zero.
-template <typename T>
-SAM3LT_DEVICE void rotate_chunk(const AttnParams& p, int row, int d0, T* x) {
-  if (row >= p.T || d0 >= p.head_dim) return;
-  float v[8], c[8], s[8];
-#pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = to_float(x[i]);
-  load8(p.cos + row * p.s_cos[0] + d0 * p.s_cos[1], p.s_cos[1], p.vec_rope, c);
-  load8(p.sin + row * p.s_sin[0] + d0 * p.s_sin[1], p.s_sin[1], p.vec_rope, s);
-  rotate8(v, c, s);
-  store8(x, v);
 }
 
 // One bias value at byte offset `off` of a table in its stored dtype (uniform branch: one dtype per call).
@@ -253,7 +209,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
   };
   if (key_begin < key_end) issue(key_begin, 0);
 
-  // ---- Q tile (RoPE applied on the way for window q), then Q fragments for the whole key loop
+  // ---- Q tile, then Q fragments for the whole key loop
   for (int it = tid; it < kBM * kChunks; it += kAttnThreads) {
     const int i = it / kChunks, d0 = (it % kChunks) * 8;
     float v[8];
@@ -290,15 +246,9 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
 
   int buf = 0;
   for (int n0 = key_begin; n0 < key_end; n0 += kBN, buf ^= 1) {  // split_keys is a multiple of kBN
-    T* Kt = Ks + buf * kBN * L::LD;
+    const T* Kt = Ks + buf * kBN * L::LD;
     const T* Vt = Vs + buf * kBN * L::LD;
     cp_async_wait<0>();
-    if constexpr (window) {
-      for (int it = tid; it < kBN * kChunks; it += kAttnThreads) {  // the chunks this thread copied
-        const int i = it / kChunks, d0 = (it % kChunks) * 8;
-        rotate_chunk<T>(p, n0 + i, d0, Kt + i * L::LD + d0);
-      }
-    }
     __syncthreads();  // this tile is visible to all; every warp is done with the other buffer
     if (n0 + kBN < key_end) issue(n0 + kBN, buf ^ 1);
 
@@ -324,7 +274,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
     } else {
       const T* q0 = Qs + (warp * 16 + g) * L::LD;
       const T* q1 = q0 + 8 * L::LD;
-#pragma unroll 2
+#pragma unroll 1
       for (int d = 0; d < D; ++d) {
         const float qa = to_float(q0[d]), qb = to_float(q1[d]);
 #pragma unroll
@@ -422,7 +372,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) Pw[(g + 8 * (e / 2)) * L::PLD + nb * 8 + 2 * t4 + e % 2] = s[nb][e];
       __syncwarp();
-#pragma unroll 2
+#pragma unroll 1
       for (int c = 0; c < kBN; ++c) {
         const float p0 = Pw[g * L::PLD + c], p1 = Pw[(g + 8) * L::PLD + c];
         const T* vr = Vt + c * L::LD;

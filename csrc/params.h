@@ -59,8 +59,9 @@ struct BinaryParams {
 
 // Flash-attention forward (flash_attention.cuh) shared by the attention families; the mode is a template
 // parameter of the kernel, chosen by the launcher:
-//   mode kWindow : window_attention, q/k/v read from the fused (B, H, W, 3C) grid by index arithmetic, RoPE
-//                  applied in-kernel, padded tokens take pad_value (or zeros); out (B, H, W, C) contiguous.
+//   mode kWindow : window_attention, v read from the fused (B, H, W, 3C) grid by index arithmetic, q and k from
+//                  the RoPE pass's rotated copies (p.qk; p.qk_pad for padded tokens, which take pad_value or
+//                  zeros); out (B, H, W, C) contiguous.
 //   mode kGeneric: box_bias_attention / masked_attention, q (B, heads, Lq, D), k/v (B, heads, Lk, D) with any
 //                  strides, optional separable bias and key-padding mask; out (B, Lq, heads*D) contiguous.
 enum class AttnMode : int { kWindow = 0, kGeneric = 1 };
@@ -94,6 +95,9 @@ struct AttnParams {
   const float* cos; int64_t s_cos[2];  // (T, D) fp32
   const float* sin; int64_t s_sin[2];
   const void* pad; int64_t s_pad;     // (3C,) in the input dtype, or null (zeros)
+  // written by launch_window_attention's RoPE pass, read by the attention instead of q/k of qkv / pad:
+  void* qk;      // (B, H, W, 2C) contiguous: q and k of the grid's tokens, rotated once
+  void* qk_pad;  // (T, 2C) contiguous: q and k of pad_value rotated for each window position, or null (no pad)
   int H, W, C, win_h, win_w, n_win_w, n_win, T;
 
   // 16-byte vector loads allowed (unit stride along d, 16-byte aligned rows): set by the host

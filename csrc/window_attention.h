@@ -61,6 +61,12 @@ inline at::Tensor window_attention(cudaStream_t stream, const at::Tensor& qkv, c
   p.vec_qkv = vec_ok(qkv, 3);
   p.vec_pad = pad.defined() && vec_ok(pad, 0);
   p.vec_rope = vec_ok(cosf, 1) && vec_ok(sinf, 1);
+  check_int(op, (B * H * W + T) * 2 * C / 8, "rotated q/k chunks");
+  // the RoPE pass's outputs (scratch): rotated q/k of the grid, and of pad_value per window position
+  const at::Tensor qk = at::empty({B, H, W, 2 * C}, qkv.options());
+  const at::Tensor qk_pad = pad.defined() ? at::empty({T, 2 * C}, qkv.options()) : at::Tensor();
+  p.qk = qk.data_ptr();
+  p.qk_pad = qk_pad.defined() ? qk_pad.data_ptr() : nullptr;
   check_launch(op, launch_window_attention(p, stream));
   return out;
 }

@@ -98,7 +98,11 @@ def _window(args, c, sms):
     wh, ww = (window, window) if window > 0 else (h, w)
     blocks = b * heads * math.ceil(h / wh) * math.ceil(w / ww) * math.ceil(wh * ww / c["kBM"])
     width = _attn_width(d)
-    return [(f"attention_kernel<{CTYPES[dtype]}, {width}, (sam3lt::AttnMode)0, false>", (blocks,),
+    # the RoPE pass first (launch_window_attention): q/k of every token, plus pad_value's per window position
+    padded = len(args) > 5 and args[5] is not None and (h % wh or w % ww)
+    chunks = (b * h * w + (wh * ww if padded else 0)) * 2 * (c3 // 3) // 8
+    return [(f"rope_qk_kernel<{CTYPES[dtype]}>", (math.ceil(chunks / c["kRopeThreads"]),), 0, None),
+            (f"attention_kernel<{CTYPES[dtype]}, {width}, (sam3lt::AttnMode)0, false>", (blocks,),
              _attn_smem(dtype, width, c["kBM"], c["kBN"]), d)]
 
 
@@ -151,7 +155,7 @@ def _binary(args, c, sms):
 
 # op -> (constants it needs from the sources, model)
 LAUNCH_MODELS = {
-    "window_attention": (("kBM", "kBN"), _window),
+    "window_attention": (("kBM", "kBN", "kRopeThreads"), _window),
     "box_bias_attention": (("kBM", "kBN"), _generic),
     "masked_attention": (("kBM", "kBN"), _generic),
     "repmixer_dwconv": (("kRepmixerThreads",), _repmixer),
