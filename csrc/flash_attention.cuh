@@ -136,8 +136,10 @@ SAM3LT_DEVICE void copy_chunk(const AttnParams& p, int role, int b, int head, in
     return;
   }
   constexpr int kStep = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte copy
+  // zero fill reads nothing, but keeps a valid global address in the instruction
+  const T* any = static_cast<const T*>(M == AttnMode::kWindow ? p.qkv : p.k);
 #pragma unroll
-  for (int c = 0; c < 8; c += kStep) cp_async16(dst + c, src != nullptr ? src + c : nullptr, src != nullptr);
+  for (int c = 0; c < 8; c += kStep) cp_async16(dst + c, src != nullptr ? src + c : any, src != nullptr);
 }
 
 // One bias value at byte offset `off` of a table in its stored dtype (uniform branch: one dtype per call).
@@ -156,9 +158,11 @@ SAM3LT_DEVICE float round_bias(float x, DType bias_dtype, DType dtype) {
 }
 
 // kSplit: this CTA attends to one share of the keys (blockIdx.y) and writes a partial result (p.part, p.lse);
-// a separate instantiation, so the unsplit kernel carries none of it.
+// a separate instantiation, so the unsplit kernel carries none of it. The explicit minimum of 1 CTA per SM keeps
+// ptxas from trimming registers to the next occupancy step with spills (it did for fp32 D=64 at 128 registers).
+// Forcing more CTAs spills: 4 at D=64 (8-64 B), 5 at D=32 (40-92 B), so window D=64 runs 3 and DETR D=32 4.
 template <typename T, int D, AttnMode M, bool kSplit>
-__global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnParams p) {
+__global__ void __launch_bounds__(kAttnThreads, 1) attention_kernel(AttnParams p) {
   using L = AttnSmem<T, D>;
   constexpr bool k16 = L::k16;
   constexpr int kChunks = D / 8;  // 8-channel chunks of a row

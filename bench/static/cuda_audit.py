@@ -49,7 +49,7 @@ def source_constants(sources: list[str]) -> tuple[dict[str, int], dict[str, int]
     text = "\n".join(open(s, encoding="utf-8").read() for s in sources)
     consts = {m.group(1): int(m.group(2)) for m in re.finditer(r"constexpr\s+int\s+(\w+)\s*=\s*(\d+)\s*;", text)}
     bounds = {}
-    for m in re.finditer(r"__launch_bounds__\((\w+)\)\s+(\w+)\s*\(", text):
+    for m in re.finditer(r"__launch_bounds__\((\w+)(?:\s*,[^)]*)?\)\s+(\w+)\s*\(", text):
         value = consts.get(m.group(1), int(m.group(1)) if m.group(1).isdigit() else None)
         if value:
             bounds[m.group(2)] = value
