@@ -4,6 +4,8 @@
 #   env               nvidia-smi, pip freeze, versions                             -> $OUT/env/
 #   build             pip install --no-build-isolation --no-deps -e . (builds the CUDA extension; no downloads)
 #   bench-fast        the fast path (sam3lt.optimize, bf16, CUDA graphs): breakdown, memory, accuracy, end to end
+#   kernel-goals      issue 13's kernel goals: window/global/box-bias attention per backend vs SDPA / HF's call,
+#                     interleaved, checked against the eager reference   -> $OUT/bench/kernel_goals.{json,md}
 #   bench-e2e         end to end per backend and HF eager (bf16 first): the goals table's HF eager column
 #   tests             pytest -q -m "not slow" on the GPU-relevant test files (GPU_TESTS) -> $OUT/tests/ (log, junit)
 #   bench-fast-compile  the fast path with torch.compile (batch 1, then batch 8 if the time allows)
@@ -14,7 +16,7 @@
 #   report            results.json, bench.md, summary.md, goals.md (issue 6's goals)  -> $OUT/bench/
 # Each bench stage is a process of its own writing its section JSON after every measurement, so a hang or a
 # timeout keeps what was measured. $OUT/stages.tsv has one line per stage (name, exit code, seconds; 124 = timed
-# out), $OUT/SUMMARY.md the overview: stages, test result, then goals.md and the summary tables.
+# out), $OUT/SUMMARY.md the overview: stages, test result, then goals.md, kernel_goals.md and the summary tables.
 #
 #   OUT=/path/to/out bash bench/gpu_check.sh                 # on the GPU machine
 #   OUT=/tmp/x bash bench/gpu_check.sh --cpu-dry-run         # here, on the CPU: the same stages, made small
@@ -23,8 +25,9 @@
 # with fewer cases (fast-compile is skipped on the CPU); it checks that the script and every command in it are
 # sound. Environment knobs: PYTHON (default python, else python3), GPU_CHECK_BUDGET_S, GPU_CHECK_BENCH_ARGS (extra
 # arguments for every bench section), GPU_CHECK_SKIP (comma-separated stage names to skip, e.g.
-# "build,tests,bench-compile"), and the stage limits GPU_CHECK_{BUILD,FAST,E2E,TESTS,FAST_COMPILE,COMPILE,PROBE,
-# OPS,LAYERS,OPS_PYTEST}_S (defaults 170, 110, 60, 110, 120, 110, 25, 45, 60, 60 s; each capped by the time left).
+# "build,tests,bench-compile"), and the stage limits GPU_CHECK_{BUILD,FAST,KERNEL_GOALS,E2E,TESTS,FAST_COMPILE,
+# COMPILE,PROBE,OPS,LAYERS,OPS_PYTEST}_S (defaults 170, 110, 45, 60, 110, 120, 110, 25, 45, 60, 60 s; each capped by
+# the time left).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +35,7 @@ DRY=0
 for arg in "$@"; do
   case "$arg" in
     --cpu-dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $arg (expected --cpu-dry-run)" >&2; exit 2 ;;
   esac
 done
@@ -113,6 +116,7 @@ if (( DRY )); then
   E2E_ARGS=()
   PROBE_SIZE=tiny
   OPS_PYTEST=(--device cpu -k "window_attention or repmixer")  # tiny shapes, fp32 (--quick on the CPU)
+  KERNEL_GOALS=(--device cpu --quick --threads 1)  # tiny shapes, fp32; labelled "CPU dry run", never met
 else
   BUILD=("$PY" -m pip install --no-build-isolation --no-deps -v -e .)
   TESTS=("$PY" -m pytest -q -m "not slow" "${GPU_TESTS[@]}" -p no:cacheprovider -ra --durations=20
@@ -121,6 +125,7 @@ else
   E2E_ARGS=(--dtypes bfloat16,float32)  # bf16 first: the goals table's HF eager numbers
   PROBE_SIZE=full
   OPS_PYTEST=(--device cuda)  # the real shapes, fp32 and bf16 (--quick on a GPU: fewer rounds)
+  KERNEL_GOALS=(--device cuda)  # the model's shapes, bf16
 fi
 read -r -a EXTRA <<< "${GPU_CHECK_BENCH_ARGS:-}"
 BENCH=("$PY" -m sam3lt.cli bench --out "$OUT/bench" --name gpu-check --no-progress "${BENCH_BASE[@]}" "${EXTRA[@]}")
@@ -137,15 +142,23 @@ if (( ! DRY )) && ! awk -F'\t' '$1 == "build" && $2 == "0" {ok = 1} END {exit !o
 fi
 # Bench sections: each a process of its own with a --time-budget-s a little under its timeout, so that it
 # normally ends by itself (recording the cases it had no time for as skipped) before `timeout` would kill it.
-bench_stage() {
-  local section=$1 limit=$2; shift 2
+# budgeted NAME LIMIT CMD...: stage NAME running CMD --time-budget-s (a little under LIMIT, capped by the time left)
+budgeted() {
+  local name=$1 limit=$2; shift 2
   local avail=$(( ($(left) - REPORT_RESERVE) / TIME_SCALE ))
   (( limit > avail )) && limit=$avail
   local inner=$(( limit > 40 ? limit - 15 : limit * 2 / 3 ))
-  stage "bench-$section" "$limit" "${BENCH[@]}" --sections "$section" --time-budget-s "$inner" "$@"
+  stage "$name" "$limit" "$@" --time-budget-s "$inner"
+}
+bench_stage() {
+  local section=$1 limit=$2; shift 2
+  budgeted "bench-$section" "$limit" "${BENCH[@]}" --sections "$section" "$@"
 }
 # the fast path first: it is what issue 6's goals measure
 bench_stage fast "${GPU_CHECK_FAST_S:-110}"
+# issue 13's kernel goals (short: a few cases; Triton's cache is warm from bench-fast's autotuning)
+budgeted kernel-goals "${GPU_CHECK_KERNEL_GOALS_S:-45}" "$PY" -m bench.kernel_goals --out "$OUT/bench" \
+  "${KERNEL_GOALS[@]}"
 bench_stage e2e "${GPU_CHECK_E2E_S:-60}" "${E2E_ARGS[@]}"
 stage tests "${GPU_CHECK_TESTS_S:-110}" "${TESTS[@]}"
 cp "$OUT/logs/tests.log" "$OUT/tests/pytest.log" 2>/dev/null
@@ -179,6 +192,12 @@ stage report 20 "$PY" -m sam3lt.cli bench --out "$OUT/bench" --name gpu-check --
     cat "$OUT/bench/goals.md"; echo
   else
     echo "goals.md: not written (the report stage did not run or failed: see $OUT/logs/report.log)"; echo
+  fi
+  # issue 13's kernel goals (the kernel-goals stage rewrites kernel_goals.md after every measurement)
+  if [ -f "$OUT/bench/kernel_goals.md" ]; then
+    cat "$OUT/bench/kernel_goals.md"; echo
+  else
+    echo "kernel_goals.md: not written (the kernel-goals stage did not run: see $OUT/logs/kernel-goals.log)"; echo
   fi
   if [ -f "$OUT/bench/summary.md" ]; then
     if grep -q '^<!-- end of goals -->' "$OUT/bench/summary.md"; then

@@ -247,8 +247,8 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     order = [line.split("\t")[0] for line in stages]
     assert order.index("bench-fast") < min(order.index(s) for s in ("tests", "bench-ops", "bench-layers"))
     got = {line.split("\t")[0]: line.split("\t")[1] for line in stages}
-    for name in ("env", "build", "probe", "tests", "bench-fast", "bench-ops", "bench-layers", "bench-e2e",
-                 "bench-compile", "bench-fast-compile", "report"):
+    for name in ("env", "build", "probe", "tests", "bench-fast", "kernel-goals", "bench-ops", "bench-layers",
+                 "bench-e2e", "bench-compile", "bench-fast-compile", "report"):
         assert got.get(name) == "0", (name, stages)
     result = json.loads((tmp_path / "out" / "bench" / "results.json").read_text())
     assert set(result["sections"]) == set(SECTIONS)
@@ -256,6 +256,8 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     assert "gpu_check" in summary and "Issue 6 goals" in summary
     assert summary.count("Issue 6 goals") == 1  # goals.md once, then summary.md after its copy of the goals
     assert "not measured (CPU run: sizes reduced)" in summary and "| **met**" not in summary
+    assert summary.count("## Issue 13 goals") == 1 and "CPU dry run: not a measurement of the goals" in summary
+    assert order.index("kernel-goals") == order.index("bench-fast") + 1
 
 
 # ------------------------------------------------------------------------------------------------ fast path
@@ -405,6 +407,115 @@ def test_goals_not_measured_reasons():
     md = goals.markdown(table)
     assert "HF eager / fast = 7.02×" in md and "HF torch.compile end to end: not run" in md
     assert "weights 0.986 GiB" in md and "card" in md.lower() and "abc1234" in md and "triton 3.6.0" in md
+
+
+# ------------------------------------------------------------------------------------------------ issue 13 goals
+def test_kernel_goals_cpu_dry_run(tmp_path):
+    """bench/kernel_goals.py at its tiny CPU shapes (Triton in its interpreter): every backend checked against the
+    eager reference and timed beside the baselines, the JSON and the markdown written, and no goal met or not met."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "bench.kernel_goals", "--out", str(tmp_path), "--device", "cpu", "--quick",
+           "--threads", "1", "--cases", "window,global,box_p1,box_p4", "--reps", "3", "--warmup", "0"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "kernel_goals.json").read_text())
+    assert data["section"] == "kernel_goals" and data["complete"] and data["settings"]["size"] == "tiny"
+    assert [c["key"] for c in data["cases"]] == ["window", "global", "box_p1", "box_p4"]
+    recs = {(r["case"], r["impl"]): r for r in data["records"]}
+    try:
+        import triton  # noqa: F401
+        runs_here = ("auto", "triton", "eager")
+    except ImportError:
+        runs_here = ("auto", "eager")
+    for case, baselines in (("window", ("sdpa",)), ("global", ("sdpa",)), ("box_p1", ("hf", "sdpa+bias")),
+                            ("box_p4", ("hf", "sdpa+bias"))):
+        for impl in runs_here + baselines:
+            rec = recs[(case, impl)]
+            assert rec["status"] == "ok" and rec["correct"], rec
+            assert _positive(rec["ms"]) and rec["rounds"] >= 3 and rec["max_abs_err"] < 1e-4, rec
+            assert _positive(rec["ratio_vs_baseline"]), rec
+        assert recs[(case, "cuda")]["status"] == "unavailable" and recs[(case, "cuda")]["reason"]
+        assert recs[(case, "auto")]["auto"]["chose"] in runs_here
+    md = (tmp_path / "kernel_goals.md").read_text()
+    assert md == proc.stdout and md.startswith("## Issue 13 goals")
+    assert "CPU dry run: not a measurement of the goals" in md and "commit" in md and "torch" in md
+    assert "**met**" not in md and "**not met**" not in md
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "≥" in line]
+    assert len(rows) == 4 and all("not measured (CPU dry run" in row for row in rows)
+    assert "box-bias cross-attention vs HF's call, 4 prompts" in md
+
+
+def _kernel_goals_data(device="NVIDIA H200", kind="cuda", size="full", dtype="bfloat16", times=None,
+                       wrong=(), absent=()):
+    """kernel_goals.json's content from {case: {impl: ms}} (the baseline's name among the impls)."""
+    kg = _bench_module("kernel_goals")
+    cases = [{"key": c.key, "goal": c.goal, "op": c.op, "target": c.target, "baseline": c.baseline,
+              "shape": c.shape} for c in kg.cases("full")]
+    records = []
+    for spec in cases:
+        if spec["key"] in absent:
+            continue
+        base_ms = (times or {}).get(spec["key"], {}).get(spec["baseline"])
+        for impl, ms in (times or {}).get(spec["key"], {}).items():
+            kind_ = "baseline" if impl in ("sdpa", "hf", "sdpa+bias") else "backend"
+            rec = {"case": spec["key"], "impl": impl, "kind": kind_, "correct": (spec["key"], impl) not in wrong}
+            if ms is None:
+                rec.update(status="unavailable", reason=f"{impl} cannot run here")
+            else:
+                rec.update(status="ok", ms=ms, p20=ms, p80=ms, rounds=20, method="cuda_graph", max_abs_err=1e-3,
+                           err_vs_fp32=2e-3, err_bound=1.2e-2)
+                if base_ms:
+                    rec["ratio_vs_baseline"] = base_ms / ms
+            records.append(rec)
+    return {"env": {"device_kind": kind, "device": device, "torch": "2.11.0", "triton": "3.6.0",
+                    "cuda_runtime": "12.8"},
+            "run": {"commit": "abc1234", "dirty": False, "date": "2026-01-01 00:00:00"},
+            "settings": {"size": size, "dtype": dtype}, "cases": cases, "records": records, "skipped": {},
+            "complete": True}
+
+
+KERNEL_TIMES = {"window": {"sdpa": 0.30, "eager": 0.60, "triton": 0.25, "cuda": 0.19, "auto": 0.30},
+                "global": {"sdpa": 1.00, "eager": 1.10, "triton": 1.05, "cuda": None, "auto": 1.05},
+                "box_p1": {"hf": 0.090, "sdpa+bias": 0.060, "eager": 0.060, "triton": 0.025, "cuda": 0.040},
+                "box_p64": {"hf": 3.0, "sdpa+bias": 2.0, "eager": 2.2, "triton": 1.9, "cuda": 2.1}}
+
+
+def _kernel_statuses(**kw) -> dict:
+    kg = _bench_module("kernel_goals")
+    return {row["key"]: row for row in kg.evaluate(_kernel_goals_data(**kw))["rows"]}
+
+
+def test_kernel_goals_status_from_the_numbers():
+    """Issue 13's goals: met / not met from the ratios, only at the goals' conditions, only by a correct backend."""
+    kg = _bench_module("kernel_goals")
+    # triton is the fastest at 64 prompts (3.0 / 1.9 = 1.58x) but outside the error bound: it cannot meet the goal
+    rows = _kernel_statuses(times=KERNEL_TIMES, wrong={("box_p64", "triton")}, absent={"window_b8"})
+    assert rows["window"]["status"] == "met" and rows["window"]["best"] == "cuda"  # 0.30 / 0.19 = 1.58x >= 1.5x
+    assert abs(rows["window"]["ratio"] - 0.30 / 0.19) < 1e-9 and rows["window"]["auto"]["ratio"] == 1.0
+    assert rows["global"]["status"] == "not met" and rows["global"]["best"] == "triton"  # 1.00 / 1.05 < 1.0x
+    assert rows["box_p1"]["status"] == "met" and rows["box_p1"]["best"] == "triton"  # 0.090 / 0.025 = 3.6x
+    assert rows["box_p64"]["status"] == "not met" and rows["box_p64"]["best"] == "cuda"  # 3.0 / 2.1 = 1.43x
+    assert rows["window_b8"]["status"].startswith("not measured (not run")
+    data = _kernel_goals_data(times=KERNEL_TIMES)
+    md = kg.markdown(kg.evaluate(data), data)
+    assert "NVIDIA H200" in md and "abc1234" in md and "triton 3.6.0" in md and "| **met** |" in md
+    # another card: computed, and said
+    rows = _kernel_statuses(device="NVIDIA H100 80GB HBM3", times=KERNEL_TIMES)
+    assert rows["window"]["status"] == "met (on NVIDIA H100 80GB HBM3; the goals name an H200)"
+    # never met off the goals' conditions
+    for kw, why in (({"kind": "cpu", "device": "CPU", "size": "tiny", "dtype": "float32"}, kg.CPU_LABEL),
+                    ({"size": "tiny"}, "GPU run at reduced shapes (tiny)"),
+                    ({"dtype": "float32"}, "measured in float32, not bf16")):
+        rows = _kernel_statuses(times=KERNEL_TIMES, **kw)
+        assert {row["status"] for row in rows.values()} == {f"not measured ({why})"}, kw
+    # no baseline, no backend, or no backend within the error bound
+    times = {**KERNEL_TIMES, "window": {"sdpa": None, "eager": 0.6}, "global": {"sdpa": 1.0, "cuda": None},
+             "box_p1": {"hf": 0.09, "triton": 0.02, "eager": 0.06}}
+    rows = _kernel_statuses(times=times, wrong={("box_p1", "triton"), ("box_p1", "eager")})
+    assert rows["window"]["status"].startswith("not measured (the baseline sdpa did not run: sdpa cannot run")
+    assert rows["global"]["status"].startswith("not measured (no sam3lt backend ran (cuda: cuda cannot run here")
+    assert rows["box_p1"]["status"] == "not met (no backend's output within the error bound)"
 
 
 def test_launch_counts_per_stage():
