@@ -1,5 +1,6 @@
-// cross_attention: the flash-attention forward (flash_attention.cuh) in generic mode, for box_bias_attention
-// (the DETR decoder's separable box bias by[y] + bx[x], added in-kernel) and masked_attention (key-padding mask).
+// cross_attention: the flash-attention forward (flash_attention.cuh) for box_bias_attention (mode kBoxBias: the
+// DETR decoder's separable box bias by[y] + bx[x], added in-kernel) and masked_attention (mode kGeneric:
+// key-padding mask).
 // With keys split across the grid (p.splits > 1, flash-decoding) a second kernel merges the splits.
 // Host side: cross_attention.h.
 #include "flash_attention.cuh"
@@ -31,7 +32,8 @@ __global__ void __launch_bounds__(256) merge_splits_kernel(AttnParams p) {
 }
 
 cudaError_t launch_cross_attention(const AttnParams& p, cudaStream_t stream) {
-  cudaError_t err = launch_flash_attention<AttnMode::kGeneric>(p, stream);
+  cudaError_t err = p.bias_y != nullptr ? launch_flash_attention<AttnMode::kBoxBias>(p, stream)
+                                        : launch_flash_attention<AttnMode::kGeneric>(p, stream);
   if (err != cudaSuccess || p.splits <= 1) return err;
   const int64_t total = static_cast<int64_t>(p.B) * p.heads * p.Lq * p.head_dim;
   const unsigned int blocks = static_cast<unsigned int>((total + 255) / 256);

@@ -237,9 +237,9 @@ __global__ void __launch_bounds__(kAttnThreads, 1) attention_kernel(AttnParams p
     qi[h] = m0 + warp * 16 + g + 8 * h;
     q_valid[h] = qi[h] < rows;
   }
-  const bool has_bias = !window && p.bias_y != nullptr;
+  constexpr bool has_bias = M == AttnMode::kBoxBias;
   const int64_t bias_elem = p.bias_dtype == DType::kFloat32 ? 4 : 2;
-  const uint8_t* mask_row = (!window && p.mask != nullptr) ? p.mask + b * p.s_mb : nullptr;
+  const uint8_t* mask_row = (M == AttnMode::kGeneric && p.mask != nullptr) ? p.mask + b * p.s_mb : nullptr;
 
   float o[kDB][4];
 #pragma unroll

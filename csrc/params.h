@@ -62,9 +62,11 @@ struct BinaryParams {
 //   mode kWindow : window_attention, v read from the fused (B, H, W, 3C) grid by index arithmetic, q and k from
 //                  the RoPE pass's rotated copies (p.qk; p.qk_pad for padded tokens, which take pad_value or
 //                  zeros); out (B, H, W, C) contiguous.
-//   mode kGeneric: box_bias_attention / masked_attention, q (B, heads, Lq, D), k/v (B, heads, Lk, D) with any
-//                  strides, optional separable bias and key-padding mask; out (B, Lq, heads*D) contiguous.
-enum class AttnMode : int { kWindow = 0, kGeneric = 1 };
+//   mode kGeneric: masked_attention, q (B, heads, Lq, D), k/v (B, heads, Lk, D) with any strides, optional
+//                  key-padding mask; out (B, Lq, heads*D) contiguous.
+//   mode kBoxBias: box_bias_attention, as kGeneric with the separable bias and no mask (its own instantiation:
+//                  the bias costs registers the masked calls would otherwise carry).
+enum class AttnMode : int { kWindow = 0, kGeneric = 1, kBoxBias = 2 };
 
 struct AttnParams {
   DType dtype;
@@ -73,7 +75,7 @@ struct AttnParams {
   float scale_log2;  // log2(e) / sqrt(D)
   void* out;
 
-  // kGeneric
+  // kGeneric, kBoxBias
   const void* q; int64_t s_q[4];  // (b, head, l, d)
   const void* k; int64_t s_k[4];
   const void* v; int64_t s_v[4];
@@ -109,7 +111,7 @@ cudaError_t launch_repmixer_dwconv(const RepmixerParams& p, cudaStream_t stream)
 cudaError_t launch_upsample_nearest_add(const UpsampleParams& p, cudaStream_t stream);
 cudaError_t launch_masks_to_binary(const BinaryParams& p, cudaStream_t stream);
 cudaError_t launch_window_attention(const AttnParams& p, cudaStream_t stream);  // mode kWindow
-cudaError_t launch_cross_attention(const AttnParams& p, cudaStream_t stream);   // mode kGeneric
+cudaError_t launch_cross_attention(const AttnParams& p, cudaStream_t stream);   // kBoxBias with a bias, else kGeneric
 
 // The padded head width the attention kernel runs for head dim d (16, 32, 64, 128), or 0 when unsupported.
 inline int attention_kernel_head_dim(int d) {

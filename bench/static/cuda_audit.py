@@ -113,7 +113,8 @@ def _splits(ctas: int, lk: int, bn: int, sms: int) -> int:
     return 1 if want <= 1 else math.ceil(tiles / math.ceil(tiles / want))
 
 
-def _generic(args, c, sms):
+def _generic(args, c, sms, mode=1):
+    """mode (csrc/params.h AttnMode): 1 kGeneric (masked_attention), 2 kBoxBias (box_bias_attention)."""
     _, (b, heads, lq, d), _, dtype = args[0]
     lk = args[1][1][2]
     width = _attn_width(d)
@@ -121,7 +122,7 @@ def _generic(args, c, sms):
     splits = _splits(ctas, lk, c["kBN"], sms)
     smem = _attn_smem(dtype, width, c["kBM"], c["kBN"])
     split = "true" if splits > 1 else "false"
-    out = [(f"attention_kernel<{CTYPES[dtype]}, {width}, (sam3lt::AttnMode)1, {split}>", (ctas, splits), smem, d)]
+    out = [(f"attention_kernel<{CTYPES[dtype]}, {width}, (sam3lt::AttnMode){mode}, {split}>", (ctas, splits), smem, d)]
     if splits > 1:  # the merge of the splits' partial outputs
         out.append((f"merge_splits_kernel<{CTYPES[dtype]}>", (math.ceil(b * heads * lq * d / 256),), 0, None))
     return out
@@ -156,7 +157,7 @@ def _binary(args, c, sms):
 # op -> (constants it needs from the sources, model)
 LAUNCH_MODELS = {
     "window_attention": (("kBM", "kBN", "kRopeThreads"), _window),
-    "box_bias_attention": (("kBM", "kBN"), _generic),
+    "box_bias_attention": (("kBM", "kBN"), lambda args, c, sms: _generic(args, c, sms, mode=2)),
     "masked_attention": (("kBM", "kBN"), _generic),
     "repmixer_dwconv": (("kRepmixerThreads",), _repmixer),
     "repmixer_block_dwconv": (("kRepmixerThreads",), _repmixer_block),
