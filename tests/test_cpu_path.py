@@ -103,6 +103,109 @@ def test_plain_forward_outside_optimize_is_untouched(pair):
     assert torch.equal(_reference(ref_model, inputs).pred_masks, before.pred_masks)
 
 
+def test_bf16_plan_scope(pair):
+    """The bf16 plan's default scope (cpu.default_bf16_modules) names real submodules and is stated; the rest of
+    the model runs packed fp32: the mask decoder's own GEMMs and the patch embedding stay fp32."""
+    _, model = pair
+    fast = cpu.optimize(copy.deepcopy(model), precision="bf16")
+    plan = fast.cpu_plan
+    assert plan.bf16_modules == cpu.default_bf16_modules(fast.model)
+    assert "vision_encoder.backbone.layers" in plan.bf16_modules and "mask_decoder.pixel_decoder" in repr(fast)
+    gemms, m = fast.gemms, fast.model
+    assert gemms._in_bf16(m.vision_encoder.backbone.layers[0].mlp.fc1.weight)
+    assert gemms._in_bf16(m.detr_decoder.layers[0].mlp.fc1.weight)
+    assert not gemms._in_bf16(m.mask_decoder.mask_embedder.layers[0].weight)
+    assert not gemms._in_bf16(m.vision_encoder.backbone.embeddings.patch_embeddings.projection.weight)
+    assert not gemms._in_bf16(m.vision_encoder.neck.fpn_layers[-2].proj2.weight)  # the level the DETR reads
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason=f"no native bf16 here: {WHY}")
+def test_bf16_modules_option(pair):
+    """bf16_modules picks the scope: none (every GEMM and convolution packed fp32: fp32 eager's numbers up to
+    rounding) or a custom list; the accuracy rule holds for the whole model in bf16 scope too."""
+    ref_model, model = pair
+    inputs = _inputs(model.config)
+    ref = _reference(ref_model, inputs)
+    none = cpu.optimize(copy.deepcopy(model), precision="bf16", bf16_modules=())
+    assert none.cpu_plan.bf16_modules == () and "bf16 in no module" in repr(none)
+    torch.testing.assert_close(none(**inputs).pred_masks, ref.pred_masks, rtol=1e-4, atol=1e-4)
+    everything = cpu.optimize(copy.deepcopy(model), precision="bf16",
+                              bf16_modules=("vision_encoder", "text_encoder", "text_projection", "detr_encoder",
+                                            "detr_decoder", "mask_decoder", "dot_product_scoring"))
+    stats = agreement(everything(**inputs), ref)
+    assert stats["mask_iou"] >= MIN_MASK_IOU and stats["score_max_diff"] <= MAX_SCORE_DIFF, stats
+
+
+def test_bf16_modules_bad_names(pair):
+    _, model = pair
+    with pytest.raises(ValueError, match="bf16_modules: the model has no submodule 'vision'"):
+        cpu.optimize(copy.deepcopy(model), bf16_modules=("vision",))
+    with pytest.raises(TypeError, match="bf16_modules"):
+        cpu.optimize(copy.deepcopy(model), bf16_modules="vision_encoder")
+    with pytest.raises(ValueError, match="bf16: expected tensors among frozen"):
+        cpu.PackedGemms("bf16", [torch.randn(2)], [torch.randn(2)])
+    with pytest.raises(ValueError, match="activations"):
+        w = torch.randn(4, 4)
+        cpu.PackedGemms("bf16", [w], activations=[(w, "silu")])
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.skipif(
+    not NATIVE_BF16, reason=f"no native bf16 here: {WHY}"))])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_packed_convolutions(precision, transposed):
+    """Convolutions on frozen weights run oneDNN's packed convolution (channels-last output), equal to F.conv2d /
+    F.conv_transpose2d up to rounding, for any input size; grouped ones, other weights and a torch without the
+    packed ops run torch's own convolution."""
+    F = torch.nn.functional
+    gen = seeds.gen(1)
+    if transposed:
+        w, b = torch.randn(8, 6, 2, 2, generator=gen), torch.randn(6, generator=gen)
+        conv = lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2)  # noqa: E731
+    else:
+        w, b = torch.randn(6, 8, 3, 3, generator=gen), torch.randn(6, generator=gen)
+        conv = lambda x, w, b: F.conv2d(x, w, b, padding=1)  # noqa: E731
+    mode = cpu.PackedGemms(precision, [w, b])
+    tol = dict(rtol=3e-2, atol=1e-1) if precision == "bf16" else dict(rtol=1e-5, atol=1e-5)
+    for shape in ((1, 8, 10, 10), (2, 8, 7, 5)):
+        x = torch.randn(*shape, generator=gen)
+        with torch.no_grad(), mode:
+            y = conv(x, w, b)
+        assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y, conv(x, w, b), **tol)
+    assert sum(1 for k in mode._packed if k[0] == "conv") == 1  # packed once, for every input size
+    grouped, other = torch.randn(8, 1, 3, 3, generator=gen), torch.randn(6, 8, 3, 3, generator=gen)
+    x = torch.randn(1, 8, 6, 6, generator=gen)
+    mode = cpu.PackedGemms(precision, [w, b, grouped])
+    with torch.no_grad(), mode:
+        assert torch.equal(F.conv2d(x, grouped, groups=8), F.conv2d(x, grouped, groups=8).contiguous())
+        assert torch.equal(F.conv2d(x, other, padding=1), torch.nn.functional.conv2d(x, other, padding=1))
+    assert not any(k[0] == "conv" for k in mode._packed)
+    mode.convolutions = False  # a torch without oneDNN's packed convolutions
+    with torch.no_grad(), mode:
+        assert torch.equal(conv(x, w, b), conv(x, w, b)) and not mode._packed
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason=f"no native bf16 here: {WHY}")
+def test_fused_activations(pair):
+    """The bf16 GEMMs of MLP hidden layers apply their activation (oneDNN post-op) and the caller's in-place
+    activation is skipped: once per such GEMM in a forward; a fused output used otherwise raises."""
+    _, model = pair
+    fast = cpu.optimize(copy.deepcopy(model), precision="bf16")
+    fast(**_inputs(model.config))
+    assert fast.gemms.fused > 0 and fast.gemms._pending is None
+    F = torch.nn.functional
+    w, b, x = torch.randn(16, 8), torch.randn(16), torch.randn(3, 8)
+    mode = cpu.PackedGemms("bf16", [w, b], activations=[(w, "gelu")])
+    with torch.no_grad(), mode:
+        y = F.linear(x, w, b)
+        assert y.dtype == torch.bfloat16 and torch.ops.aten.gelu_(y) is y and mode.fused == 1
+    torch.testing.assert_close(y.float(), F.gelu(F.linear(x, w, b)), rtol=2e-2, atol=2e-2)
+    with torch.no_grad(), mode:
+        y = F.linear(x, w, b)
+        with pytest.raises(RuntimeError, match="before the activation"):
+            y + 1
+
+
 # ---- the decision and its fallbacks ---------------------------------------------------------------------------
 def _fake_cpu(monkeypatch, flags, capability="AVX512", onednn_bf16=True, cap=None):
     monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
