@@ -132,7 +132,8 @@ def _cuda_extensions():
             "cxx": ["-O3"] + defines,
             # no --use_fast_math: the element-wise kernels must round exactly as torch; the softmax uses
             # ex2.approx explicitly (csrc/common.h: fast_exp2)
-            "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo"],
+            # --threads: the archs of one file compile in parallel (the attention files dominate the build)
+            "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "--threads", str(len(arch_tokens.split(",")))],
         },
     )
     _CMDCLASS["build_ext"] = cpp.BuildExtension.with_options(use_ninja=True)
