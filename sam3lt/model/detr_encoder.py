@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .. import ops
+from ..ops.linear import writable
 from ..config import Sam3LiteTextDETREncoderConfig
 from .common import PreNormAttentionLayer
 from .fusion import StackedKV, memory_kv
@@ -29,7 +30,8 @@ class DetrEncoderLayer(PreNormAttentionLayer):
         # pre-norm: each residual add and the next LayerNorm are one op (ops.add_layer_norm)
         x, h = ops.add_layer_norm_module(x, attn.expand_as(x), self.layer_norm2)
         x, h = ops.add_layer_norm_module(x, self.cross_attn.attend(h, *prompt_kv, prompt_mask), self.layer_norm3)
-        return x + self.mlp(h)
+        out = self.mlp(h)  # fresh: the residual add runs in place on it (bitwise x + out: IEEE addition commutes)
+        return out.add_(x) if writable(out) and out.shape == x.shape else x + out
 
 
 class DetrEncoder(nn.Module):

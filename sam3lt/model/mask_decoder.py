@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
+from ..ops.linear import writable
 from ..config import Sam3LiteTextConfig, Sam3LiteTextMaskDecoderConfig
 from .common import Attention, DecoderMLP
 
@@ -50,7 +51,8 @@ class PixelDecoder(nn.Module):
         x = feats[-1]
         for i, skip in enumerate(reversed(feats[:-1])):
             x = ops.upsample_nearest_add(x, skip)
-            x = F.relu(self.norms[i](self.conv_layers[i](x)))
+            x = self.norms[i](self.conv_layers[i](x))
+            x = x.relu_() if writable(x) else F.relu(x)  # in place on the GroupNorm's fresh output
         return x
 
 
@@ -60,8 +62,8 @@ class MaskEmbedder(nn.Module):
         self.layers = nn.ModuleList([nn.Linear(d, d) for _ in range(3)])
 
     def forward(self, x):
-        x = F.relu(self.layers[0](x))
-        x = F.relu(self.layers[1](x))
+        for layer in self.layers[:2]:  # Linear + ReLU as one ops.linear (as DecoderMLP): eager, ReLU in place
+            x = ops.linear(x, layer.weight, layer.bias, activation="relu")
         return self.layers[2](x)
 
 

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
+from ..ops.linear import writable
 from ..config import Sam3ViTConfig, Sam3VisionConfig
 from .common import MLP, ModelOutputMixin, sine_position_grid
 from .fusion import prenorm_stack
@@ -152,8 +153,11 @@ class FPNLayer(nn.Module):
         self.proj2 = nn.Conv2d(fpn_dim, fpn_dim, kernel_size=3, padding=1)
 
     def forward(self, x):
-        for layer in self.scale_layers:
-            x = layer(x)
+        for i, layer in enumerate(self.scale_layers):
+            # a GELU after the transposed convolution runs in place on its fresh output (nn.GELU's values,
+            # bitwise); never on x itself, the trunk output every level reads
+            fresh = i > 0 and isinstance(layer, nn.GELU) and writable(x)
+            x = torch.ops.aten.gelu_(x, approximate=layer.approximate) if fresh else layer(x)
         return self.proj2(self.proj1(x))
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from . import _checks, _cuda, _triton
 from ._backend import define, dispatch, register
+from .linear import linear_reference
 
 _WEIGHTS = ("wy1", "by1", "wy2", "by2", "wx1", "bx1", "wx2", "bx2")
 
@@ -25,7 +26,8 @@ def _log_deltas(coords: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tor
 
 def _mlp(x, w1, b1, w2, b2):
     # DecoderMLP(num_layers=2).forward: F.linear is nn.Linear's forward, so the values are the module's bitwise
-    return F.linear(F.relu(F.linear(x, w1, b1)), w2, b2)
+    # (linear_reference: F.linear, then the ReLU in place on its fresh (B, Q, G, hidden) output)
+    return F.linear(linear_reference(x, w1, b1, activation="relu"), w2, b2)
 
 
 def box_bias_reference(boxes: torch.Tensor, height: int, width: int, wy1: torch.Tensor, by1: torch.Tensor,

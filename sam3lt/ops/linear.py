@@ -19,6 +19,12 @@ ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # gelu: exact (erf), torch's def
 _INPLACE = {"gelu": torch.ops.aten.gelu_, "relu": torch.relu_}
 
 
+def writable(y: torch.Tensor) -> bool:
+    """Whether an eager reference may overwrite ``y``, a tensor it just created itself (never an input or a
+    parameter): not where autograd may keep it for the backward. Why in place at all: see :func:`linear_reference`."""
+    return not (torch.is_grad_enabled() and y.requires_grad)
+
+
 def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      activation: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """Eager reference (the spec), in the input dtype with torch's rounding after each step:
@@ -30,7 +36,7 @@ def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     ~2,700 faults) on top of its memory traffic. Out of place where autograd keeps the output for the backward.
     """
     y = F.linear(x, weight, bias)
-    inplace = not (torch.is_grad_enabled() and y.requires_grad)
+    inplace = writable(y)
     if activation is not None:
         y = _INPLACE[activation](y) if inplace else ACTIVATIONS[activation](y)
     if residual is not None:

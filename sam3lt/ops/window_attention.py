@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from . import _checks, _cuda, _triton
 from ._backend import define, dispatch, register
+from .linear import writable
 
 
 def rotate_pairwise(x: torch.Tensor) -> torch.Tensor:
@@ -26,8 +27,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         # HF's tables repeat each angle for both channels of a pair: then this is one complex product, about
         # 3x faster on the CPU than the literal formula (the check reads the table, a free sync on the CPU;
         # under torch.compile the data-dependent check is skipped and the compiler fuses the literal formula).
+        # The product runs in place on the contiguous copy when .contiguous() made one (q, k are strided views
+        # of qkv): the same complex multiply, one (N, heads, T, D) buffer fewer.
         angles = torch.complex(cos[..., 0::2].float(), sin[..., 0::2].float())
-        rotated = torch.view_as_complex(xf.unflatten(-1, (-1, 2)).contiguous()) * angles
+        pairs = xf.unflatten(-1, (-1, 2)).contiguous()
+        fresh = pairs.untyped_storage().data_ptr() != x.untyped_storage().data_ptr() and writable(pairs)
+        rotated = torch.view_as_complex(pairs)
+        fresh = fresh and rotated.shape == torch.broadcast_shapes(rotated.shape, angles.shape)
+        rotated = rotated.mul_(angles) if fresh else rotated * angles
         return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
     return (xf * cos + rotate_pairwise(xf) * sin).to(x.dtype)
 
