@@ -83,7 +83,9 @@ class ViTEmbeddings(nn.Module):
         size = int(table.shape[1] ** 0.5)
         table = table.reshape(1, size, size, -1)
         reps = (1, -(-grid_h // size), -(-grid_w // size), 1)
-        return table.repeat(*reps)[:, :grid_h, :grid_w]
+        if reps != (1, 1, 1, 1):  # at the pretraining size the table is used as it is (HF skips the tiling too)
+            table = table.repeat(*reps)
+        return table[:, :grid_h, :grid_w]
 
     def forward(self, pixel_values):
         proj = self.patch_embeddings.projection
