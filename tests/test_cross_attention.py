@@ -110,6 +110,21 @@ def make_mask(gen, kind, B, Lk, device):
 
 @kernel_test
 @pytest.mark.parametrize("target, dtype", targets("masked_attention", dtypes=True), indirect=["target"])
+def test_masked_attention_strided_head_dim(target, dtype, request):
+    """q/k/v with a stride of 2 along the head dim and a misaligned start: no 16-byte loads or copies (the CUDA
+    kernel's register path beside its cp.async one), over several key tiles."""
+    gen, dev = seed_for(request), target.device
+    B, heads, Lq, Lk, D = 2, 2, 37, 150, 32
+    q, k, v = (randn(gen, B, heads, L, 2 * D + 1, dtype=dtype, device=dev)[..., 1::2] for L in (Lq, Lk, Lk))
+    assert q.stride(-1) == 2
+    mask = make_mask(gen, "padded", B, Lk, dev)
+    out = ops.masked_attention(q, k, v, mask, backend=target.backend)
+    ref64 = ops.masked_attention_reference(q.double(), k.double(), v.double(), mask)
+    check_close(out, ref64, ops.masked_attention_reference(q, k, v, mask), dtype, "strided head dim")
+
+
+@kernel_test
+@pytest.mark.parametrize("target, dtype", targets("masked_attention", dtypes=True), indirect=["target"])
 @pytest.mark.parametrize("B, heads, Lq, Lk, D, kind", MASK_CASES)
 def test_masked_attention(target, B, heads, Lq, Lk, D, kind, dtype, request):
     gen, dev = seed_for(request), target.device
