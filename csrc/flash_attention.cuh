@@ -441,7 +441,10 @@ cudaError_t launch_attention_typed(const AttnParams& p, cudaStream_t stream) {
   if (blocks == 0) return cudaSuccess;
   if (blocks > INT_MAX) return cudaErrorInvalidValue;
   const bool split = !window && p.splits > 1;
-  auto kernel = split ? &attention_kernel<T, D, M, true> : &attention_kernel<T, D, M, false>;
+  auto kernel = &attention_kernel<T, D, M, false>;
+  if constexpr (!window) {  // window attention never splits its keys: no split kernel is instantiated for it
+    if (split) kernel = &attention_kernel<T, D, M, true>;
+  }
   constexpr size_t smem = L::bytes;
   if (smem > 48 * 1024) {  // opt in to more than 48 KiB of dynamic shared memory, once per device
     static std::atomic<uint64_t> configured_per_kernel[2] = {0, 0};  // unsplit, split

@@ -12,9 +12,10 @@
 // shared memory another thread has not written yet in that order reads the poison pattern (0xFF bytes: NaN)
 // or stale values.
 //
-// ldmatrix / mma.sync (m16n8k16): warp collectives with the PTX ISA's fragment layouts. Each lane posts its
-// operands (row address, fragments) to a per-thread slot, the warp meets at a barrier, then each lane computes
-// its own result from the posted operands (two slot sets used in turn, so no second barrier is needed).
+// Warp shuffles, ldmatrix and mma.sync (m16n8k16, with the PTX ISA's fragment layouts) are warp collectives: each
+// lane posts its operands (value, row address, fragments) to a per-thread slot, the warp meets at a barrier, then
+// each lane computes its own result from the posted operands (two slot sets used in turn, so no second barrier
+// is needed).
 // cp.async: a copy is queued and carried out only when the thread waits for its group (cp.async.wait_group), so
 // a read of the destination before the wait sees the poison pattern; 16-byte alignment is checked.
 #pragma once
@@ -93,7 +94,6 @@ struct Emulator {
   std::unique_ptr<char[]> smem_raw;
   char* smem = nullptr;
   size_t smem_size = 0;
-  std::vector<uint64_t> xchg;  // one slot per thread for warp shuffles
   std::vector<std::array<uint64_t, 8>> posts[2];  // per-thread operand slots of warp collectives (two sets)
   std::vector<int64_t> collectives;              // warp collectives each thread has reached
   struct Copy { void* dst; const void* src; int bytes; int group; };
@@ -218,7 +218,6 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, F&& f) {
   e.nthreads = n;
   if (static_cast<int>(e.fibers.size()) < n) e.fibers.resize(n);
   while (static_cast<int>(e.stacks.size()) < n) e.stacks.emplace_back(new char[e.stack_size]);
-  e.xchg.assign(n, 0);
   for (auto& set : e.posts) set.assign(n, {});
   e.smem_raw.reset(new char[smem_bytes + 256]);
   e.smem = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(e.smem_raw.get()) + 127) & ~uintptr_t(127));
@@ -250,25 +249,6 @@ inline void __syncwarp(unsigned int mask = 0xffffffffu) {
   sam3lt_emu::wait_at(sam3lt_emu::State::kWarpBarrier);
 }
 
-template <typename T>
-inline T __shfl_xor_sync(unsigned int mask, T value, int lane_mask, int width = 32) {
-  static_assert(sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");
-  if (mask != 0xffffffffu || width != 32) sam3lt_emu::fail("__shfl_xor_sync: only full-warp shuffles are emulated");
-  auto& e = sam3lt_emu::emu();
-  const int me = e.current;
-  const int src = (me & ~31) | ((me & 31) ^ lane_mask);
-  if (src >= e.nthreads) sam3lt_emu::fail("__shfl_xor_sync: source lane outside the block");
-  uint64_t slot = 0;
-  std::memcpy(&slot, &value, sizeof(T));
-  e.xchg[me] = slot;
-  __syncwarp();
-  T out;
-  slot = e.xchg[src];
-  std::memcpy(&out, &slot, sizeof(T));
-  __syncwarp();
-  return out;
-}
-
 inline float __ldg(const float* p) { return *p; }
 
 // ------------------------------------------------------------------ ldmatrix, mma.sync, cp.async
@@ -284,15 +264,40 @@ inline bool in_smem(const void* p, size_t bytes) {
 // Posts this lane's operand words for the warp collective it has reached, waits for the whole warp, and returns
 // the 32 slots of its warp. Two slot sets are used in turn: a lane can be at most one collective ahead of another
 // (the next collective's barrier holds it), so nobody overwrites a set still being read.
-inline const std::array<uint64_t, 8>* post(const uint64_t* words, int n, const char* what) {
+inline const std::array<uint64_t, 8>* post(const uint64_t* words, int n) {
   Emulator& e = emu();
   const int me = e.current;
-  if (e.nthreads % 32 != 0) fail(std::string(what) + ": the block is not a whole number of warps");
   auto& set = e.posts[e.collectives[me]++ & 1];
   std::copy(words, words + n, set[me].begin());
   __syncwarp();
   return set.data() + (me & ~31);
 }
+
+// ldmatrix and mma.sync read operands from all 32 lanes.
+inline void require_whole_warps(const char* what) {
+  if (emu().nthreads % 32 != 0) fail(std::string(what) + ": the block is not a whole number of warps");
+}
+
+}  // namespace sam3lt_emu
+
+// A warp shuffle is a warp collective like the ones below: each lane posts its value, then reads its source's.
+template <typename T>
+inline T __shfl_xor_sync(unsigned int mask, T value, int lane_mask, int width = 32) {
+  static_assert(sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");
+  if (mask != 0xffffffffu || width != 32) sam3lt_emu::fail("__shfl_xor_sync: only full-warp shuffles are emulated");
+  auto& e = sam3lt_emu::emu();
+  const int me = e.current;
+  const int src = (me & ~31) | ((me & 31) ^ lane_mask);
+  if (src >= e.nthreads) sam3lt_emu::fail("__shfl_xor_sync: source lane outside the block");
+  uint64_t slot = 0;
+  std::memcpy(&slot, &value, sizeof(T));
+  const auto* lanes = sam3lt_emu::post(&slot, 1);
+  T out;
+  std::memcpy(&out, &lanes[src & 31][0], sizeof(T));
+  return out;
+}
+
+namespace sam3lt_emu {
 
 // ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane l gives the address of row l % 8 of matrix l / 8;
 // r[j] receives matrix j's elements (l / 4, 2 (l % 4) + {0, 1}), or with .trans (2 (l % 4) + {0, 1}, l / 4).
@@ -300,8 +305,9 @@ template <bool kTrans>
 inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
   if (!in_smem(row, 16) || reinterpret_cast<uintptr_t>(row) % 16 != 0)
     fail("ldmatrix: a row address outside shared memory or not 16-byte aligned");
+  require_whole_warps("ldmatrix");
   const uint64_t word = reinterpret_cast<uintptr_t>(row);
-  const auto* lanes = post(&word, 1, "ldmatrix");
+  const auto* lanes = post(&word, 1);
   const int l = lane_id();
   auto elem = [&](int j, int i, int c) {  // matrix j, row i, column c
     return static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(lanes[8 * j + i][0])[c]);
@@ -323,7 +329,8 @@ inline float from_bits(uint32_t bits) {
 template <typename T>
 inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   const uint64_t words[3] = {a[0] | uint64_t{a[1]} << 32, a[2] | uint64_t{a[3]} << 32, b[0] | uint64_t{b[1]} << 32};
-  const auto* lanes = post(words, 3, "mma.sync");
+  require_whole_warps("mma.sync");
+  const auto* lanes = post(words, 3);
   auto reg = [&](int lane, int k) { return static_cast<uint32_t>(lanes[lane][k / 2] >> (32 * (k % 2))); };
   auto A = [&](int r, int k) {  // register (r >= 8) + 2 (k >= 8) of lane 4 (r % 8) + (k % 8) / 2
     return from_bits<T>(reg(4 * (r % 8) + (k % 8) / 2, (r >= 8) + 2 * (k >= 8)) >> (16 * (k % 2)));
