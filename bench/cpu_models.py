@@ -58,10 +58,10 @@ def machine() -> str:
                                          cwd=Path(__file__).parent).strip()
     except Exception:
         commit = "unknown"
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    caps = "".join(f", {k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                                                     "ATEN_CPU_CAPABILITY") if os.environ.get(k))
     return (f"{model}, {os.cpu_count()} cores, flags {' '.join(shown) or 'none of avx2/avx512'}, torch "
-            f"{torch.__version__} (capability {torch.backends.cpu.get_cpu_capability()}"
-            f"{', ONEDNN_MAX_CPU_ISA=' + isa if isa else ''}), commit {commit}")
+            f"{torch.__version__} (capability {torch.backends.cpu.get_cpu_capability()}{caps}), commit {commit}")
 
 
 def add_args(parser, name: str) -> None:

@@ -55,6 +55,7 @@ def main(argv=None) -> dict:
     md = [f"CPU, {args.image_size}² image, {args.vit_layers} ViT layers, one 16-token prompt, {torch.get_num_threads()} "
           f"threads, median of {args.reps} interleaved reps; {machine()}; 1-min load average at the end "
           f"{os.getloadavg()[0]:.1f}.\n", f"Plan: {fast.cpu_plan.describe()}. Setup + first call {setup_s:.1f} s.\n",
+          *winograd_lines(fast),
           "| model | wall (ms) | HF / this, wall | CPU, all threads (ms) | HF / this, CPU |", "|---|---|---|---|---|"]
     for label, key in rows:
         md.append(f"| {label} | {med[key]:.0f} | {med['hf_fp32_eager'] / med[key]:.2f}× | {cmed[key]:.0f} | "
@@ -64,10 +65,20 @@ def main(argv=None) -> dict:
               f"{'within' if ok else 'OUTSIDE'} the rule (IoU >= {MIN_MASK_IOU}, scores within {MAX_SCORE_DIFF}).\n")
     text = "\n".join(md)
     result = {"benchmark": "cpu_optimize", "machine": machine(), "settings": vars(args),
-              "plan": fast.cpu_plan.describe(), "median_wall_ms": med, "median_cpu_ms": cmed,
+              "plan": fast.cpu_plan.describe(),
+              "winograd_choices": getattr(fast.gemms, "winograd_choices", []), "median_wall_ms": med, "median_cpu_ms": cmed,
               "all_wall_s": wall, "all_cpu_s": cpu, "accuracy": acc, "accuracy_ok": ok, "setup_s": setup_s,
               "load_average_1min": os.getloadavg()[0]}
     return write(args, result, text)
+
+
+def winograd_lines(fast) -> list[str]:
+    """The fp32 3×3 convolutions' Winograd-or-oneDNN choices, timed at the first call (sam3lt.cpu)."""
+    choices = getattr(fast.gemms, "winograd_choices", None) or []
+    lines = [f"- {c['weight']} on {c['input']}: {'NNPACK Winograd' if c['winograd'] else 'oneDNN'}"
+             + (f" (Winograd {c['winograd_ms']:.1f} ms, oneDNN {c['onednn_ms']:.1f} ms)" if "onednn_ms" in c else "")
+             for c in choices]
+    return ["fp32 3×3 convolutions, timed at the first call:", *lines, ""] if lines else []
 
 
 if __name__ == "__main__":
