@@ -118,6 +118,7 @@ def _packed_convolutions() -> bool:
 
 
 _PACKED_CONVOLUTIONS = _packed_convolutions()
+_CONVOLUTIONS = (torch.conv2d, torch.conv_transpose2d)  # what nn.Conv2d / nn.ConvTranspose2d call (F.conv2d, ...)
 
 
 def nnpack_available() -> bool:
@@ -138,7 +139,6 @@ def _best_ms(fn, reps: int = 2) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best * 1e3
-_CONVOLUTIONS = (torch.conv2d, torch.conv_transpose2d)  # what nn.Conv2d / nn.ConvTranspose2d call (F.conv2d, ...)
 
 
 _NNPACK_POOL: dict[str, int] = {}  # torch sizes NNPACK's thread pool once, at its first convolution in the process
