@@ -43,6 +43,26 @@ def test_upsample_nearest_add_non_contiguous(target, layout, request):
     assert torch.equal(out, ops.upsample_nearest_add_reference(x, skip))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("src, dst", SIZES + [((24, 24), (48, 48)), ((5, 4), (15, 8)), ((1, 1), (7, 3))],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_upsample_nearest_add_reference_layouts(src, dst, dtype):
+    """The reference upsamples in skip's layout when skip is channels-last and the factor is whole (the model's
+    CPU case): bit-exactly F.interpolate + skip for every layout of x and skip, channels-last out in that case."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 6, *src, generator=gen).to(dtype)
+    skip = torch.randn(2, 6, *dst, generator=gen).to(dtype)
+    for xs in (x, x.contiguous(memory_format=torch.channels_last)):
+        for sk in (skip, skip.contiguous(memory_format=torch.channels_last)):
+            before = xs.clone(), sk.clone()
+            out = ops.upsample_nearest_add_reference(xs, sk)
+            assert torch.equal(out, F.interpolate(xs, size=dst, mode="nearest") + sk)
+            assert torch.equal(xs, before[0]) and torch.equal(sk, before[1])  # inputs untouched
+            whole = dst[0] % src[0] == 0 and dst[1] % src[1] == 0
+            if whole and not sk.is_contiguous():
+                assert out.is_contiguous(memory_format=torch.channels_last)
+
+
 # (B, Q, C, H, W)
 PRODUCT_CASES = [(2, 37, 40, 9, 13), (1, 1, 16, 1, 1), (1, 5, 300, 4, 4), (3, 20, 8, 7, 5)]
 
