@@ -131,6 +131,11 @@ def nnpack_available() -> bool:
         return False
 
 
+def _check_winograd(winograd) -> None:
+    if not (winograd is None or isinstance(winograd, bool)):
+        raise ValueError(f"winograd: expected None (measure), True or False, got {winograd!r}")
+
+
 def _best_ms(fn, reps: int = 2) -> float:
     fn()  # warm-up: first-touch pages, oneDNN's primitive cache
     best = float("inf")
@@ -201,8 +206,7 @@ class PackedGemms(TorchFunctionMode):
         super().__init__()
         if precision not in ("bf16", "fp32"):
             raise ValueError(f"precision: expected 'bf16' or 'fp32', got {precision!r}")
-        if not (winograd is None or isinstance(winograd, bool)):
-            raise ValueError(f"winograd: expected None (measure), True or False, got {winograd!r}")
+        _check_winograd(winograd)
         self.winograd = winograd if winograd is False or nnpack_available() else False
         self.winograd_choices: list[dict] = []  # one per (weight, input shape): the shapes, timings, the choice
         self.precision = precision
@@ -267,11 +271,11 @@ class PackedGemms(TorchFunctionMode):
         """A 2-D convolution (or transposed one) as oneDNN's packed convolution; its output is channels-last
         (NHWC in memory, the layout oneDNN runs fastest: the next convolution reads it without a reorder).
         An fp32 3×3 one may run as NNPACK's Winograd convolution instead (see ``winograd``)."""
-        direct = functools.partial(self._onednn_convolution, func, w, b, stride, padding, output_padding, dilation)
         if self.winograd is False or func is not torch.conv2d or self._in_bf16(w) \
                 or tuple(w.shape[-2:]) != (3, 3) or list(stride) != [1, 1] or list(dilation) != [1, 1] \
                 or max(padding) > 2 or x.dtype != torch.float32:
-            return direct(x)
+            return self._onednn_convolution(func, w, b, stride, padding, output_padding, dilation, x)
+        direct = functools.partial(self._onednn_convolution, func, w, b, stride, padding, output_padding, dilation)
         key = (("winograd", w.data_ptr(), tuple(w.shape), w.stride()), tuple(x.shape), x.stride())
         choice = self._packed.get(key)
         if choice is None:
@@ -569,8 +573,7 @@ def optimize(model, *, precision: str = "auto", dtype: torch.dtype | None = None
             one, timed at its first call (``fast.gemms.winograd_choices``; ~2x at 96² on a CPU without AVX-512,
             slower on small maps); True: always; False: never (the same numbers in every process).
     """
-    if not (winograd is None or isinstance(winograd, bool)):
-        raise ValueError(f"winograd: expected None (measure), True or False, got {winograd!r}")
+    _check_winograd(winograd)  # before prepare changes the model
     if bf16_modules is not None:
         _check_modules(model, bf16_modules)
     allocator = keep_freed_memory() if keep_memory else "malloc unchanged"
@@ -601,13 +604,13 @@ def optimize(model, *, precision: str = "auto", dtype: torch.dtype | None = None
             modules = default_bf16_modules(model) if bf16_modules is None else tuple(bf16_modules)
             scope = bf16_scope(model, modules)  # after prepare: folding makes new tensors
             fast.cpu_plan = chosen = dataclasses.replace(chosen, bf16_modules=modules)
-        if winograd is not False and not (_PACKED_CONVOLUTIONS and nnpack_available()):
-            winograd = False
-            log.info("sam3lt.cpu: no NNPACK Winograd convolutions (%s)", "no NNPACK in this torch" if
-                     _PACKED_CONVOLUTIONS else "torch's own convolutions run: no oneDNN packed ones")
-        fast.cpu_plan = chosen = dataclasses.replace(chosen, winograd=winograd)
         fast.gemms = PackedGemms(chosen.precision, [*model.parameters(), *model.buffers()], *scope[:2],
                                  bf16_attention=bool(chosen.bf16_modules), activations=scope[2], winograd=winograd)
+        resolved = fast.gemms.winograd if fast.gemms.convolutions else False
+        if winograd is not False and resolved is False:
+            log.info("sam3lt.cpu: no NNPACK Winograd convolutions (%s)", "torch's own convolutions run: no oneDNN "
+                     "packed ones" if not fast.gemms.convolutions else "no NNPACK in this torch")
+        fast.cpu_plan = chosen = dataclasses.replace(chosen, winograd=resolved)
     if compile:
         _compile_stages(fast)
     return fast
