@@ -10,7 +10,11 @@ with ``pip install --no-build-isolation`` (an isolated build has no torch). Envi
 - ``MAX_JOBS``: parallel compile jobs (ninja; default: the number of CPUs).
 - ``CUDA_HOME``: the toolkit; otherwise found from ``nvcc`` on ``PATH`` or ``/usr/local/cuda``.
 
-Without a toolkit (and without ``SAM3LT_FORCE_CUDA_BUILD``) the install is pure Python and the ``cuda`` backend
+The CPU extension ``sam3lt._cpu`` (``csrc/cpu/``: the ``cpu`` backend of ``sam3lt.ops``, e.g. the Winograd 3×3
+convolution) needs only torch and a C++ compiler; it is built whenever torch is importable, unless
+``SAM3LT_SKIP_CPU_BUILD=1``. Without it the ``cpu`` backend says why and ``auto`` runs the eager references.
+
+Without a toolkit (and without ``SAM3LT_FORCE_CUDA_BUILD``) the install has no ``sam3lt._C`` and the ``cuda`` backend
 of ``sam3lt.ops`` reports why it is unavailable. One line printed at build time says what is built; when an
 install that builds code (a wheel, an editable install, build_ext) leaves the extension out for any reason but
 ``SAM3LT_SKIP_CUDA_BUILD``, that reason is also a warning, which pip shows (``pip install .``, ``-e .``) where it
@@ -142,7 +146,33 @@ def _cuda_extensions():
     return [ext]
 
 
-ext_modules = _cuda_extensions()
-print(f"sam3lt: building {_BUILD_NOTE}")
+def _cpu_extensions():
+    """The CppExtension ``sam3lt._cpu`` (csrc/cpu/), or [] with the reason in ``_CPU_NOTE``."""
+    global _CPU_NOTE
+    if _env_flag("SAM3LT_SKIP_CPU_BUILD"):
+        _CPU_NOTE = "no CPU extension (SAM3LT_SKIP_CPU_BUILD is set)"
+        return []
+    try:
+        import torch
+        import torch.utils.cpp_extension as cpp
+    except ImportError:
+        _CPU_NOTE = "no CPU extension (torch is not importable)"
+        return []
+    ext = cpp.CppExtension(
+        name="sam3lt._cpu",
+        sources=[os.path.relpath(f, _HERE) for f in sorted(glob.glob(os.path.join(_HERE, "csrc", "cpu", "*.cpp")))],
+        # -fopenmp: at::parallel_for's OpenMP loop (libgomp is torch's, already loaded); the kernels pick their
+        # vector width at load time (target_clones), so no -march
+        extra_compile_args={"cxx": ["-O3", "-fopenmp", f"-DSAM3LT_TORCH_VERSION={torch.__version__}"]},
+        extra_link_args=["-fopenmp"],
+    )
+    _CMDCLASS.setdefault("build_ext", cpp.BuildExtension.with_options(use_ninja=True))
+    _CPU_NOTE = f"the CPU extension sam3lt._cpu (torch {torch.__version__})"
+    return [ext]
+
+
+_CPU_NOTE = "no CPU extension"
+ext_modules = _cuda_extensions() + _cpu_extensions()
+print(f"sam3lt: building {_BUILD_NOTE}; {_CPU_NOTE}")
 
 setup(ext_modules=ext_modules, cmdclass=_CMDCLASS)

@@ -30,7 +30,7 @@ import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-BACKENDS = ("eager", "triton", "cuda")
+BACKENDS = ("eager", "triton", "cuda", "cpu")
 SCHEMA = "sam3lt-bench/1"
 NOT_MEASURED = "not yet measured"
 

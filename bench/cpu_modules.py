@@ -1,8 +1,12 @@
 """Per-module CPU breakdown: sam3lt eager vs HF transformers' Sam3LiteTextModel, same weights, fp32, side by side.
 
+sam3lt runs twice: as a user gets it (``auto``: the CPU kernels of ``sam3lt._cpu`` where they take the inputs,
+e.g. the Winograd 3×3 convolutions; ``sam3lt.ops.explain`` names them), and on its eager references alone
+(``use_backend("eager")``: torch's kernels, as HF). Neither is ``sam3lt.optimize`` (bench/cpu_optimize.py).
+
     python bench/cpu_modules.py [--image-size 336] [--vit-layers 8] [--reps 7] [--threads N] [--out DIR] [--name STEM]
 
-Each rep runs one full forward of HF then one of sam3lt (interleaved, so machine noise hits both alike) and
+Each rep runs one full forward of HF then the sam3lt ones (interleaved, so machine noise hits both alike) and
 times every module from forward hooks inside that forward: the figures add up to the real call, with its
 caches and allocator state, not to a module run alone. Rows: the vision trunk (ViT + FPN neck), its patch/
 position embeddings, the ViT layers (the trunk's backbone minus its embeddings), the neck, the text encoder (+
@@ -16,6 +20,7 @@ sam3lt (> 1: sam3lt faster). Writes ``<name>.json`` and ``<name>.md`` under ``--
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import resource
@@ -98,18 +103,21 @@ def measure(runners: dict, reps: int) -> dict:
     return out
 
 
-def table(res: dict, a: str = "hf", b: str = "sam3lt") -> str:
+def table(res: dict, a: str = "hf", b: str = "sam3lt", c: str = "sam3lt_eager") -> str:
     med = lambda xs: statistics.median(xs) * 1e3  # noqa: E731
     lines = ["| module | HF wall (ms) | sam3lt wall (ms) | HF / sam3lt wall | HF CPU (ms) | sam3lt CPU (ms) | "
-             "HF / sam3lt CPU |", "|---|---|---|---|---|---|---|"]
+             "HF / sam3lt CPU | sam3lt, eager references: wall (ms) | HF / that |", "|---|---|---|---|---|---|---|---|---|"]
     for r in ROWS:
         hw, ow, hc, oc = med(res[a]["wall"][r]), med(res[b]["wall"][r]), med(res[a]["cpu"][r]), med(res[b]["cpu"][r])
+        ew = med(res[c]["wall"][r])
         bold = "**" if r == "whole model" else ""
         lines.append(f"| {bold}{r}{bold} | {hw:.1f} | {ow:.1f} | {bold}{hw / ow:.2f}×{bold} | {hc:.1f} | {oc:.1f} | "
-                     f"{bold}{hc / oc:.2f}×{bold} |")
-    paired = statistics.median(h / o for h, o in zip(res[a]["wall"]["whole model"], res[b]["wall"]["whole model"]))
-    lines.append(f"\nMedian of the per-rep whole-model wall ratios: **{paired:.2f}×**. Page faults per forward "
-                 f"(median): HF {statistics.median(res[a]['minflt']):.0f}, sam3lt {statistics.median(res[b]['minflt']):.0f}.")
+                     f"{bold}{hc / oc:.2f}×{bold} | {ew:.1f} | {hw / ew:.2f}× |")
+    paired = {k: statistics.median(h / o for h, o in zip(res[a]["wall"]["whole model"], res[k]["wall"]["whole model"]))
+              for k in (b, c)}
+    lines.append(f"\nMedian of the per-rep whole-model wall ratios: **{paired[b]:.2f}×** (eager references "
+                 f"{paired[c]:.2f}×). Page faults per forward (median): HF {statistics.median(res[a]['minflt']):.0f}, "
+                 f"sam3lt {statistics.median(res[b]['minflt']):.0f}.")
     return "\n".join(lines) + "\n"
 
 
@@ -121,16 +129,26 @@ def main(argv=None) -> dict:
     import sam3lt
 
     hf, ours, config, kwargs = setup(args)
-    with sam3lt.use_backend("eager"):
-        res = measure({"hf": (hf, lambda: hf(**kwargs)), "sam3lt": (ours, lambda: ours(**kwargs))}, args.reps)
+    refs = copy.deepcopy(ours)  # its own hooks
+
+    def eager_refs():
+        with sam3lt.use_backend("eager"):
+            return refs(**kwargs)
+
+    res = measure({"hf": (hf, lambda: hf(**kwargs)), "sam3lt": (ours, lambda: ours(**kwargs)),
+                   "sam3lt_eager": (refs, eager_refs)}, args.reps)
+    conv = ours.vision_encoder.neck.fpn_layers[0].proj2
+    x = torch.zeros(1, conv.in_channels, 8, 8)
+    with torch.no_grad():
+        backends = f"auto ran conv3x3 on {sam3lt.ops.select('conv3x3', None, x, conv.weight, conv.bias, 1)[0]}"
     head = (f"CPU per-module breakdown, fp32 eager, {args.image_size}² image, {args.vit_layers} ViT layers "
             f"({len(config.vision_config.backbone_config.global_attn_indexes)} global), one 16-token prompt (32 "
-            f"padded), {torch.get_num_threads()} threads, median of {args.reps}; {machine()}; 1-min load average "
-            f"at the end {os.getloadavg()[0]:.1f}.\n\n")
+            f"padded), {torch.get_num_threads()} threads, median of {args.reps}; {machine()}; {backends}; 1-min "
+            f"load average at the end {os.getloadavg()[0]:.1f}.\n\n")
     md = head + table(res)
     result = {"benchmark": "cpu_modules", "machine": machine(), "python": sys.version.split()[0],
               "torch": torch.__version__, "platform": platform.platform(), "threads": torch.get_num_threads(),
-              "settings": vars(args), "seconds": res, "load_average_1min": os.getloadavg()[0]}
+              "settings": vars(args), "backends": backends, "seconds": res, "load_average_1min": os.getloadavg()[0]}
     return write(args, result, md)
 
 

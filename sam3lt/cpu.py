@@ -17,9 +17,12 @@ elementwise ops) is spread thin. The CPU path changes those three and leaves eve
   bf16 GEMMs alone.
 - ``precision="fp32"``: every ``F.linear`` runs as MKL's packed sgemm on weights packed once (``F.linear``
   packs the weight inside every call), every convolution as oneDNN's packed convolution with a channels-last
-  output (the layout oneDNN runs fastest); equal to eager up to the last bits of rounding. fp32 3×3 convolutions
-  run as NNPACK's Winograd convolution where it is faster (timed at the first call; ``winograd``): ~2x at 96² on
-  a CPU without AVX-512, at ~1e-5 of the output's scale.
+  output (the layout oneDNN runs fastest); equal to eager up to the last bits of rounding.
+- fp32 3×3 convolutions (the FPN neck's, the pixel decoder's: ``Conv3x3`` modules) run as sam3lt's Winograd
+  F(4×4, 3×3) (the ``cpu`` backend of :func:`sam3lt.ops.conv3x3`, as in eager), 2.5-3x oneDNN's direct one, at
+  ~1e-5 of the output's scale; ``winograd=False`` runs them as oneDNN's. The neck's fp32 2×2 transposed
+  convolutions run as a GEMM (``ops.conv_transpose2x2``'s cpu backend). The bf16 scope's convolutions run in
+  bf16 (oneDNN).
   ``dtype=torch.float32`` asks for the model's own numbers: then nothing is packed.
 
 bf16 is chosen only where the CPU computes bf16 dot products natively (:func:`choose_precision`): elsewhere oneDNN
@@ -34,10 +37,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,44 +122,28 @@ _PACKED_CONVOLUTIONS = _packed_convolutions()
 _CONVOLUTIONS = (torch.conv2d, torch.conv_transpose2d)  # what nn.Conv2d / nn.ConvTranspose2d call (F.conv2d, ...)
 
 
-def nnpack_available() -> bool:
-    """Whether NNPACK's Winograd convolution runs here (torch built with NNPACK, on a CPU it supports). The call
-    also initialises NNPACK, which ``torch._nnpack_spatial_convolution`` needs before its first call (it fails
-    without it)."""
-    try:
-        return bool(torch._nnpack_available())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def _check_winograd(winograd) -> None:
-    if not (winograd is None or isinstance(winograd, bool)):
-        raise ValueError(f"winograd: expected None (measure), True or False, got {winograd!r}")
+    if not isinstance(winograd, bool):
+        raise ValueError(f"winograd: expected True or False, got {winograd!r}")
 
 
-def _best_ms(fn, reps: int = 2) -> float:
-    fn()  # warm-up: first-touch pages, oneDNN's primitive cache
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
+def _route_convolutions(model, bf16_modules: tuple[str, ...], winograd: bool) -> str:
+    """Route the model's ``Conv3x3`` / ``ConvTranspose2x2`` modules: those of the bf16 scope (and, with
+    ``winograd=False``, every Conv3x3) to their eager reference (``F.conv2d`` / ``F.conv_transpose2d``, which the
+    plan runs as oneDNN's packed convolutions, bf16 or fp32); the others keep ``auto`` (the ``cpu`` backend on
+    fp32: Winograd, a GEMM). Returns what the fp32 3×3 ones run, in words."""
+    from .model.common import Conv3x3, ConvTranspose2x2
+    from .ops import _cpu
 
-
-_NNPACK_POOL: dict[str, int] = {}  # torch sizes NNPACK's thread pool once, at its first convolution in the process
-
-
-def _winograd_convolution(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, padding: list[int]):
-    """NNPACK's fp32 convolution (Winograd F(6x6, 3x3) for a 3×3 kernel) on an NCHW copy of ``x``."""
-    _NNPACK_POOL.setdefault("threads", torch.get_num_threads())
-    return torch._nnpack_spatial_convolution(x.contiguous(), w, b, padding, [1, 1])
-
-
-def _nnpack_threads_match() -> bool:
-    """Whether NNPACK's pool (sized at its first call) runs torch's current thread count; if not, oneDNN runs
-    the convolution, so that a later ``torch.set_num_threads`` holds for every op."""
-    return _NNPACK_POOL.get("threads", torch.get_num_threads()) == torch.get_num_threads()
+    for name, m in model.named_modules():
+        if isinstance(m, (Conv3x3, ConvTranspose2x2)):
+            in_bf16 = any(name == s or name.startswith(s + ".") for s in bf16_modules)
+            m.backend = "eager" if in_bf16 or (isinstance(m, Conv3x3) and not winograd) else None
+    if not winograd:
+        return "oneDNN (winograd=False)"
+    if _cpu.IMPORT_ERROR is not None:
+        return f"oneDNN ({_cpu.IMPORT_ERROR})"
+    return "Winograd F(4×4, 3×3) (sam3lt._cpu)"
 
 
 def _pair(v) -> list[int]:
@@ -183,7 +168,7 @@ class PackedGemms(TorchFunctionMode):
     the module docstring): in bf16 where the plan says so, in fp32 elsewhere."""
 
     def __init__(self, precision: str, frozen, bf16=None, bf16_outputs=(), bf16_attention: bool = True,
-                 activations=(), winograd: bool | None = None):
+                 activations=()):
         """frozen: the tensors whose weights may be packed (a model's parameters and buffers; a weight that is a
         view of one of them counts). Any other weight, computed in the forward, runs unpacked: its address may be
         reused by another tensor later, so it cannot key a cache.
@@ -196,19 +181,10 @@ class PackedGemms(TorchFunctionMode):
         "relu") pairs of bf16 GEMMs whose caller applies that activation in place on the output right away
         (:func:`sam3lt.ops.linear`'s eager reference): the GEMM applies it to its fp32 accumulator (a oneDNN
         post-op) and hands on bf16, and the caller's in-place call is skipped. Any other use of that output
-        before the activation raises RuntimeError (it never happens in the model).
-
-        ``winograd``: fp32 3×3 stride-1 convolutions as NNPACK's Winograd convolution (~4x fewer multiplies, error
-        ~1e-5 of the output's scale, NCHW output) instead of oneDNN's direct one. None: whichever is faster for
-        that weight and input shape, timed at its first call (:attr:`winograd_choices`); True: always; False:
-        never. Without NNPACK (:func:`nnpack_available`), or once torch's thread count differs from the one
-        NNPACK's pool was sized with (at its first call in the process), oneDNN runs them."""
+        before the activation raises RuntimeError (it never happens in the model)."""
         super().__init__()
         if precision not in ("bf16", "fp32"):
             raise ValueError(f"precision: expected 'bf16' or 'fp32', got {precision!r}")
-        _check_winograd(winograd)
-        self.winograd = winograd if winograd is False or nnpack_available() else False
-        self.winograd_choices: list[dict] = []  # one per (weight, input shape): the shapes, timings, the choice
         self.precision = precision
         self._storages = _storages(frozen)
         self._bf16_storages = set() if precision == "fp32" else set(self._storages) if bf16 is None else _storages(bf16)
@@ -269,32 +245,7 @@ class PackedGemms(TorchFunctionMode):
 
     def convolution(self, func, x, w, b, stride, padding, output_padding, dilation) -> torch.Tensor:
         """A 2-D convolution (or transposed one) as oneDNN's packed convolution; its output is channels-last
-        (NHWC in memory, the layout oneDNN runs fastest: the next convolution reads it without a reorder).
-        An fp32 3×3 one may run as NNPACK's Winograd convolution instead (see ``winograd``)."""
-        if self.winograd is False or func is not torch.conv2d or self._in_bf16(w) \
-                or tuple(w.shape[-2:]) != (3, 3) or list(stride) != [1, 1] or list(dilation) != [1, 1] \
-                or max(padding) > 2 or x.dtype != torch.float32:
-            return self._onednn_convolution(func, w, b, stride, padding, output_padding, dilation, x)
-        direct = functools.partial(self._onednn_convolution, func, w, b, stride, padding, output_padding, dilation)
-        key = (("winograd", w.data_ptr(), tuple(w.shape), w.stride()), tuple(x.shape), x.stride())
-        choice = self._packed.get(key)
-        if choice is None:
-            with torch.inference_mode(False), torch.no_grad():
-                wc = w.detach().contiguous()
-            bc = None if b is None else b.detach()
-            winograd = functools.partial(_winograd_convolution, w=wc, b=bc, padding=list(padding))
-            entry = {"weight": tuple(w.shape), "input": tuple(x.shape), "winograd": self.winograd}
-            if self.winograd is None:  # measure: the convolution is a pure function of its inputs
-                entry.update(onednn_ms=_best_ms(lambda: direct(x)), winograd_ms=_best_ms(lambda: winograd(x)))
-                entry["winograd"] = entry["winograd_ms"] < entry["onednn_ms"]
-                log.info("sam3lt.cpu: 3x3 convolution %s on %s: NNPACK Winograd %.1f ms, oneDNN %.1f ms: %s",
-                         entry["weight"], entry["input"], entry["winograd_ms"], entry["onednn_ms"],
-                         "Winograd" if entry["winograd"] else "oneDNN")
-            self.winograd_choices.append(entry)
-            choice = self._packed[key] = (winograd if entry["winograd"] else None,)
-        return direct(x) if choice[0] is None or not _nnpack_threads_match() else choice[0](x)
-
-    def _onednn_convolution(self, func, w, b, stride, padding, output_padding, dilation, x) -> torch.Tensor:
+        (NHWC in memory, the layout oneDNN runs fastest: the next convolution reads it without a reorder)."""
         dtype = torch.bfloat16 if self._in_bf16(w) else torch.float32
         key = ("conv", w.data_ptr(), tuple(w.shape), w.stride(), dtype, tuple(stride), tuple(padding),
                tuple(output_padding), tuple(dilation))
@@ -419,7 +370,7 @@ class CpuPlan:
     allocator: str = "malloc unchanged"
     packed: bool = True  # False: dtype=torch.float32 asked for the model's own numerics (F.linear as it is)
     bf16_modules: tuple[str, ...] = ()  # precision "bf16": the submodules whose GEMMs, convolutions, attention run in bf16
-    winograd: bool | None = False  # fp32 3×3 convolutions as NNPACK Winograd: None where measured faster, True always
+    winograd: str = ""  # what the fp32 3×3 convolutions run (Winograd, or oneDNN and why); "" before optimize
 
     def describe(self) -> str:
         fp32 = "fp32 GEMMs (MKL) and convolutions (oneDNN, channels-last) on packed weights"
@@ -429,9 +380,8 @@ class CpuPlan:
                  "fp32": fp32}.get(self.precision, f"{self.precision} model")
         if self.precision == "fp32" and not self.packed:
             gemms = "fp32 GEMMs and convolutions (unpacked: dtype=float32 keeps the model's numerics)"
-        if self.packed and self.winograd is not False and self.precision in ("bf16", "fp32"):
-            gemms += ("; fp32 3×3 convolutions as NNPACK's Winograd one" + (
-                " where it measured faster at their first call" if self.winograd is None else ""))
+        if self.winograd and self.precision in ("bf16", "fp32"):
+            gemms += f"; fp32 3×3 convolutions: {self.winograd}"
         if self.compiled:
             gemms = "stages compiled by inductor (its own fp32 GEMMs)"
         return f"{gemms}; {self.threads} threads; compiled={self.compiled}; {self.allocator}; {self.reason}"
@@ -554,7 +504,7 @@ def bf16_scope(model, modules=None) -> tuple[list[torch.Tensor], list[torch.Tens
 def optimize(model, *, precision: str = "auto", dtype: torch.dtype | None = None, threads: int | None = None,
              bf16_modules=None,
              compile: bool = False, keep_memory: bool = True, image_batches=(1,), prompt_buckets=(1, 4, 16, 64),
-             seq_len: int = 32, copy_outputs: bool = True, tune: bool = False, winograd: bool | None = None):
+             seq_len: int = 32, copy_outputs: bool = True, tune: bool = False, winograd: bool = True):
     """:func:`sam3lt.optimize` for the CPU (``sam3lt.optimize`` calls it for a CPU device).
 
     Args:
@@ -568,10 +518,9 @@ def optimize(model, *, precision: str = "auto", dtype: torch.dtype | None = None
             and the uncompiled stages run.
         keep_memory: :func:`keep_freed_memory` (process-wide glibc malloc setting; the largest single gain here).
         image_batches, prompt_buckets, seq_len, copy_outputs, tune: as in :func:`sam3lt.optimize`.
-        winograd: fp32 3×3 convolutions as NNPACK's Winograd convolution (F(6x6, 3x3): ~4x fewer multiplies,
-            error ~1e-5 of the output's scale). None: per convolution, where it is faster than oneDNN's direct
-            one, timed at its first call (``fast.gemms.winograd_choices``; ~2x at 96² on a CPU without AVX-512,
-            slower on small maps); True: always; False: never (the same numbers in every process).
+        winograd: True: the fp32 3×3 convolutions (``Conv3x3``) keep sam3lt's Winograd F(4×4, 3×3) (the ``cpu``
+            backend of ``sam3lt.ops.conv3x3``, as in eager: 2.5-3x oneDNN's direct convolution, error ~1e-5 of the
+            output's scale); False: oneDNN's packed direct convolution (the eager reference's numbers).
     """
     _check_winograd(winograd)  # before prepare changes the model
     if bf16_modules is not None:
@@ -605,12 +554,9 @@ def optimize(model, *, precision: str = "auto", dtype: torch.dtype | None = None
             scope = bf16_scope(model, modules)  # after prepare: folding makes new tensors
             fast.cpu_plan = chosen = dataclasses.replace(chosen, bf16_modules=modules)
         fast.gemms = PackedGemms(chosen.precision, [*model.parameters(), *model.buffers()], *scope[:2],
-                                 bf16_attention=bool(chosen.bf16_modules), activations=scope[2], winograd=winograd)
-        resolved = fast.gemms.winograd if fast.gemms.convolutions else False
-        if winograd is not False and resolved is False:
-            log.info("sam3lt.cpu: no NNPACK Winograd convolutions (%s)", "torch's own convolutions run: no oneDNN "
-                     "packed ones" if not fast.gemms.convolutions else "no NNPACK in this torch")
-        fast.cpu_plan = chosen = dataclasses.replace(chosen, winograd=resolved)
+                                 bf16_attention=bool(chosen.bf16_modules), activations=scope[2])
+        routed = _route_convolutions(model, chosen.bf16_modules, winograd)
+        fast.cpu_plan = chosen = dataclasses.replace(chosen, winograd=routed)
     if compile:
         _compile_stages(fast)
     return fast

@@ -6,7 +6,7 @@ venvs and import there. Run with the .venv's Python from the checkout: ``.venv/b
    compile of the CUDA extension here); its files are checked (:func:`wheel_problems`).
 3. ``pip install --no-build-isolation`` of the sdist into a fresh venv (pip reuses the wheel it built and cached in
    step 2, so nothing is compiled twice), and of the wheel into another. In each, from a folder outside the
-   checkout, sam3lt, sam3lt.kernels and, when it was built, sam3lt._C import from that venv, and the installed
+   checkout, sam3lt, sam3lt.kernels and, when they were built, sam3lt._C and sam3lt._cpu import from that venv, and the installed
    files are sam3lt's package, metadata and console script only.
 4. A plain, isolated ``pip wheel`` of the unpacked sdist (no torch in pip's build environment) says in one warning
    line that the extension was left out.
@@ -79,6 +79,8 @@ def wheel_problems(names: list[str], *, with_extension: bool) -> list[str]:
     has_ext = any(n.startswith("sam3lt/_C.") and n.endswith(".so") for n in names)
     if has_ext != with_extension:
         problems.append("the CUDA extension sam3lt/_C*.so is " + ("missing" if with_extension else "present"))
+    if with_extension and not any(n.startswith("sam3lt/_cpu.") and n.endswith(".so") for n in names):
+        problems.append("the CPU extension sam3lt/_cpu*.so is missing")  # built wherever torch is
     return problems
 
 
@@ -118,9 +120,11 @@ stray = [f for f in files if f.split("/")[0] not in ("sam3lt", "sam3lt-" + md.ve
          and not f.endswith("/bin/sam3lt")]
 assert not stray, f"installed outside the package: {stray}"
 if sys.argv[1] == "1":
-    import sam3lt._C
+    import sam3lt._C, sam3lt._cpu
+    from sam3lt.ops import _cpu
     assert _ext.EXT is not None, _ext.IMPORT_ERROR
-print("ok:", sam3lt.__file__, "| extension:", _ext.EXT is not None, "|", len(files), "files")
+    assert _cpu.EXT is not None, _cpu.IMPORT_ERROR
+print("ok:", sam3lt.__file__, "| extensions:", _ext.EXT is not None, "|", len(files), "files")
 """
 
 

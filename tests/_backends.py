@@ -17,6 +17,8 @@ it runs here; a test calls ``ops.<op>(..., backend=target.backend)`` on inputs m
   orders give bit-identical outputs), outputs are allocated between guard bytes (out-of-bounds writes fail) and filled with NaN first (elements
   never written). For every op whose cuda backend is made of the extension's kernels (composites such as
   ``repmixer_block_dwconv`` too), on any machine; fp32/fp16/bf16. ``SAM3LT_SKIP_EMULATION=1`` skips it.
+- ``cpu``: the CPU kernels of ``sam3lt._cpu`` (csrc/cpu/), fp32 CPU tensors. A missing extension skips them,
+  or fails them where it must exist (``SAM3LT_REQUIRE_CPU_EXT=1``, as CI sets).
 
 A backend that cannot run here is collected once per case (in its first dtype) and skipped with the reason.
 """
@@ -72,6 +74,13 @@ def _cuda_targets(op: str) -> list[Target]:
     return out
 
 
+def _cpu_target() -> Target:
+    from sam3lt.ops import _cpu
+
+    skip = None if _flag("SAM3LT_REQUIRE_CPU_EXT") else _cpu.IMPORT_ERROR  # required: run, and fail on the reason
+    return Target("cpu", "cpu", "cpu", (torch.float32,), skip)
+
+
 def op_targets(op: str) -> list[Target]:
     """The targets of ``op``: one per backend registered for it (eager excepted; cuda twice: GPU and emulator).
     A backend this file does not know yet runs on the test device, in the test dtypes."""
@@ -81,6 +90,8 @@ def op_targets(op: str) -> list[Target]:
             out.append(_triton_target())
         elif backend == "cuda":
             out += _cuda_targets(op)
+        elif backend == "cpu":
+            out.append(_cpu_target())
         elif backend != "eager":
             out.append(Target(backend, backend, _interp.DEVICE, tuple(_interp.DTYPES)))
     return out

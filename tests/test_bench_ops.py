@@ -41,7 +41,9 @@ def test_quick_run_writes_benchmark_json(tmp_path):
             assert isinstance(info[key], float) and math.isfinite(info[key]) and info[key] > 0, (key, b["name"])
         if info["kind"] == "backend":  # compared with the eager output on the same inputs
             assert "max_abs_err" in info or "mismatch" in info, b["name"]
-            assert info.get("max_abs_err", 0.0) <= 1e-5 and info.get("mismatch", 0.0) == 0.0, info
+            # Winograd (conv3x3's cpu backend) is off by ~1e-5 of the output's scale (~5 here): tests/test_conv.py
+            tol = 1e-4 if (info["op"], info["impl"]) == ("conv3x3", "cpu") else 1e-5
+            assert info.get("max_abs_err", 0.0) <= tol and info.get("mismatch", 0.0) == 0.0, info
         assert b["stats"]["rounds"] >= 1 and b["stats"]["median"] > 0
     assert result["machine_info"]["sam3lt"]["size"] == "tiny"
     assert result["sam3lt"]["ceilings"]["copy"]["GBps"] > 0

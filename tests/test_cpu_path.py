@@ -11,6 +11,7 @@ import torch
 import sam3lt
 from sam3lt import cpu
 from sam3lt.fast import agreement
+from sam3lt.ops import _cpu
 from sam3lt.ops.linear import ACTIVATIONS, linear_reference
 import seeds
 
@@ -164,7 +165,7 @@ def test_packed_convolutions(precision, transposed):
     else:
         w, b = torch.randn(6, 8, 3, 3, generator=gen), torch.randn(6, generator=gen)
         conv = lambda x, w, b: F.conv2d(x, w, b, padding=1)  # noqa: E731
-    mode = cpu.PackedGemms(precision, [w, b], winograd=False)  # oneDNN's; Winograd: test_winograd_*
+    mode = cpu.PackedGemms(precision, [w, b])
     tol = dict(rtol=3e-2, atol=1e-1) if precision == "bf16" else dict(rtol=1e-5, atol=1e-5)
     for shape in ((1, 8, 10, 10), (2, 8, 7, 5)):
         x = torch.randn(*shape, generator=gen)
@@ -175,7 +176,7 @@ def test_packed_convolutions(precision, transposed):
     assert sum(1 for k in mode._packed if k[0] == "conv") == 1  # packed once, for every input size
     grouped, other = torch.randn(8, 1, 3, 3, generator=gen), torch.randn(6, 8, 3, 3, generator=gen)
     x = torch.randn(1, 8, 6, 6, generator=gen)
-    mode = cpu.PackedGemms(precision, [w, b, grouped], winograd=False)
+    mode = cpu.PackedGemms(precision, [w, b, grouped])
     with torch.no_grad(), mode:
         assert torch.equal(F.conv2d(x, grouped, groups=8), F.conv2d(x, grouped, groups=8).contiguous())
         assert torch.equal(F.conv2d(x, other, padding=1), torch.nn.functional.conv2d(x, other, padding=1))
@@ -185,106 +186,78 @@ def test_packed_convolutions(precision, transposed):
         assert torch.equal(conv(x, w, b), conv(x, w, b)) and not mode._packed
 
 
-# ---- Winograd (NNPACK) 3×3 convolutions ----------------------------------------------------------------------
-NNPACK = cpu.nnpack_available()
-needs_nnpack = pytest.mark.skipif(not NNPACK, reason="this torch has no NNPACK")
-# F(6x6, 3x3) Winograd in fp32 against an fp64 reference: error bound relative to the output's largest magnitude
-# (measured ~1.5e-5 at 256 channels; direct fp32 convolution ~3e-7)
-WINOGRAD_REL_ERR = 1e-4
+# ---- Winograd 3×3 convolutions (sam3lt.ops.conv3x3's cpu backend; its numerics: tests/test_conv.py) -----------
+def _conv3x3_routes(model, types=None):
+    from sam3lt.model.common import Conv3x3
+
+    return {name: m.backend for name, m in model.named_modules() if isinstance(m, types or Conv3x3)}
 
 
-def _conv_reference(x, w, b, padding):
-    return torch.nn.functional.conv2d(x.double(), w.double(), b.double(), padding=padding)
+def _count_winograd(monkeypatch) -> list:
+    from sam3lt.ops import _backend
+
+    impl, calls = _backend._REGISTRY["conv3x3"]["cpu"], []
+
+    def counted(*args):
+        calls.append(tuple(args[0].shape))
+        return fn(*args)
+
+    fn = impl.fn
+    monkeypatch.setattr(impl, "fn", counted)
+    return calls
 
 
-@needs_nnpack
-@pytest.mark.parametrize("padding", [0, 1, 2])
-@pytest.mark.parametrize("shape,channels_last", [((1, 24, 13, 11), False), ((2, 24, 9, 16), True)])
-def test_winograd_convolution_matches_the_reference(padding, shape, channels_last):
-    """winograd=True: every fp32 3×3 stride-1 convolution on a frozen weight runs NNPACK's Winograd one (partial
-    tiles, both layouts in, NCHW out), within the stated bound of an fp64 reference on fresh random inputs."""
-    gen = seeds.gen(2)
-    w, b = torch.randn(20, shape[1], 3, 3, generator=gen), torch.randn(20, generator=gen)
-    x = torch.randn(*shape, generator=gen)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    mode = cpu.PackedGemms("fp32", [w, b], winograd=True)
-    with torch.no_grad(), mode:
-        y = torch.nn.functional.conv2d(x, w, b, padding=padding)
-    ref = _conv_reference(x, w, b, padding)
-    assert y.dtype == torch.float32 and y.shape == ref.shape and y.is_contiguous()
-    assert (y.double() - ref).abs().max() <= WINOGRAD_REL_ERR * ref.abs().max()
-    assert mode.winograd_choices == [{"weight": tuple(w.shape), "input": shape, "winograd": True}]
-
-
-@needs_nnpack
-def test_winograd_measured_choice():
-    """winograd=None: the first call at each input shape times oneDNN and NNPACK and keeps the faster (both
-    timings recorded); later calls reuse the choice; either way the result is within the bound."""
-    gen = seeds.gen(3)
-    w, b = torch.randn(16, 16, 3, 3, generator=gen), torch.randn(16, generator=gen)
-    mode = cpu.PackedGemms("fp32", [w, b])
-    for shape in ((1, 16, 20, 20), (1, 16, 20, 20), (1, 16, 6, 7)):
-        x = torch.randn(*shape, generator=gen)
-        with torch.no_grad(), mode:
-            y = torch.nn.functional.conv2d(x, w, b, padding=1)
-        ref = _conv_reference(x, w, b, 1)
-        assert (y.double() - ref).abs().max() <= WINOGRAD_REL_ERR * ref.abs().max()
-    assert [c["input"] for c in mode.winograd_choices] == [(1, 16, 20, 20), (1, 16, 6, 7)]
-    for choice in mode.winograd_choices:
-        assert choice["onednn_ms"] > 0 and choice["winograd_ms"] > 0
-        assert choice["winograd"] == (choice["winograd_ms"] < choice["onednn_ms"])
-
-
-@pytest.mark.parametrize("case", ["1x1", "stride 2", "dilation 2", "transposed", "off", "no nnpack"])
-def test_winograd_only_where_it_applies(case, monkeypatch):
-    """Only fp32 3×3 stride-1, undilated convolutions are candidates; winograd=False or a torch without NNPACK
-    runs oneDNN's: bitwise its result, nothing timed."""
-    F = torch.nn.functional
-    gen = seeds.gen(4)
-    w3, w1, wt = (torch.randn(8, 8, 3, 3, generator=gen), torch.randn(8, 8, 1, 1, generator=gen),
-                  torch.randn(8, 8, 3, 3, generator=gen))
-    x = torch.randn(1, 8, 12, 12, generator=gen)
-    calls = {"1x1": lambda: F.conv2d(x, w1), "stride 2": lambda: F.conv2d(x, w3, padding=1, stride=2),
-             "dilation 2": lambda: F.conv2d(x, w3, padding=2, dilation=2),
-             "transposed": lambda: F.conv_transpose2d(x, wt, padding=1),
-             "off": lambda: F.conv2d(x, w3, padding=1), "no nnpack": lambda: F.conv2d(x, w3, padding=1)}
-    if case == "no nnpack":
-        monkeypatch.setattr(cpu, "nnpack_available", lambda: False)
-    direct = cpu.PackedGemms("fp32", [w3, w1, wt], winograd=False)
-    mode = cpu.PackedGemms("fp32", [w3, w1, wt], winograd=False if case == "off" else True)
-    with torch.no_grad():
-        with direct:
-            expected = calls[case]()
-        with mode:
-            y = calls[case]()
-    assert torch.equal(y, expected) and mode.winograd_choices == []
-
-
+@pytest.mark.skipif(_cpu.IMPORT_ERROR is not None, reason=str(_cpu.IMPORT_ERROR))
 def test_winograd_in_optimize(pair, monkeypatch):
-    """optimize(winograd=...): True runs the model's 3×3 convolutions as Winograd within the fast path's rule and
-    says so in the plan; a torch without NNPACK falls back to oneDNN's and the plan says none; a bad value names
-    the argument."""
+    """optimize(winograd=True), the default: the fp32 plan's 3×3 convolutions run sam3lt's Winograd (the cpu
+    backend, counted) within the fast path's rule, and the plan says so; winograd=False routes every Conv3x3 to
+    the eager reference (oneDNN's packed convolution: no Winograd call); a bad value names the argument."""
     ref_model, model = pair
     inputs = _inputs(model.config, 2, 5)
     ref = _reference(ref_model, inputs)
-    if NNPACK:
-        fast = cpu.optimize(copy.deepcopy(model), precision="fp32", winograd=True)
-        out = fast(**inputs)
-        assert fast.cpu_plan.winograd is True and "Winograd" in fast.cpu_plan.describe()
-        assert fast.gemms.winograd_choices and all(c["winograd"] for c in fast.gemms.winograd_choices)
-        stats = agreement(out, ref)
-        assert stats["mask_iou"] >= MIN_MASK_IOU and stats["score_max_diff"] <= MAX_SCORE_DIFF, stats
-        torch.testing.assert_close(out.pred_masks, ref.pred_masks, rtol=1e-4, atol=1e-4)  # measured 8e-6
-    monkeypatch.setattr(cpu, "nnpack_available", lambda: False)
+    calls = _count_winograd(monkeypatch)
     fast = cpu.optimize(copy.deepcopy(model), precision="fp32")
+    out = fast(**inputs)
+    routes = _conv3x3_routes(fast.model)
+    assert routes and set(routes.values()) == {None} and calls
+    assert "Winograd F(4×4, 3×3)" in fast.cpu_plan.describe()
+    stats = agreement(out, ref)
+    assert stats["mask_iou"] >= MIN_MASK_IOU and stats["score_max_diff"] <= MAX_SCORE_DIFF, stats
+    torch.testing.assert_close(out.pred_masks, ref.pred_masks, rtol=1e-4, atol=1e-4)
+    calls.clear()
+    fast = cpu.optimize(copy.deepcopy(model), precision="fp32", winograd=False)
     fast(**inputs)
-    assert fast.cpu_plan.winograd is False and "Winograd" not in fast.cpu_plan.describe()
-    assert fast.gemms.winograd_choices == []
+    assert set(_conv3x3_routes(fast.model).values()) == {"eager"} and calls == []
+    assert "oneDNN (winograd=False)" in fast.cpu_plan.describe()
     with pytest.raises(ValueError, match="winograd"):
         cpu.optimize(copy.deepcopy(model), winograd="yes")
     with pytest.raises(ValueError, match="winograd"):
-        cpu.PackedGemms("fp32", [], winograd=1.0)
+        cpu.optimize(copy.deepcopy(model), winograd=None)
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason=f"no native bf16 here: {WHY}")
+def test_bf16_scope_convolutions_stay_bf16(pair, monkeypatch):
+    """The bf16 plan runs the 3×3 and 2×2 transposed convolutions of its scope in bf16 (routed to the eager
+    reference, which the plan packs as oneDNN bf16 convolutions) and keeps the cpu backend for the fp32 ones
+    outside it."""
+    from sam3lt.model.common import Conv3x3, ConvTranspose2x2
+
+    _, model = pair
+    fast = cpu.optimize(copy.deepcopy(model), precision="bf16")
+    routes = _conv3x3_routes(fast.model, (Conv3x3, ConvTranspose2x2))
+    scope = fast.cpu_plan.bf16_modules
+    for name, backend in routes.items():
+        in_scope = any(name.startswith(s + ".") for s in scope)
+        assert backend == ("eager" if in_scope else None), (name, backend)
+    assert "eager" in routes.values() and None in routes.values()
+
+
+def test_winograd_without_the_cpu_extension(pair, monkeypatch):
+    """Without sam3lt._cpu the plan states oneDNN and why."""
+    monkeypatch.setattr(_cpu, "IMPORT_ERROR", "sam3lt._cpu is not built (test)")
+    _, model = pair
+    fast = cpu.optimize(copy.deepcopy(model), precision="fp32")
+    assert "oneDNN (sam3lt._cpu is not built (test))" in fast.cpu_plan.describe()
 
 
 @pytest.mark.skipif(not NATIVE_BF16, reason=f"no native bf16 here: {WHY}")
@@ -416,27 +389,3 @@ def test_linear_reference_in_place_epilogue_is_bitwise_out_of_place(activation, 
     w.grad = None
     out_of_place(x, w, b).sum().backward()
     assert torch.equal(grad, w.grad)
-
-
-@needs_nnpack
-def test_winograd_follows_the_thread_count(monkeypatch):
-    """NNPACK's pool keeps the thread count of its first call: after torch.set_num_threads changes it, oneDNN runs
-    the convolution (bitwise oneDNN's result), and Winograd again once the count is back."""
-    gen = seeds.gen(6)
-    w, b = torch.randn(8, 8, 3, 3, generator=gen), torch.randn(8, generator=gen)
-    x = torch.randn(1, 8, 10, 10, generator=gen)
-    conv = lambda: torch.nn.functional.conv2d(x, w, b, padding=1)  # noqa: E731
-    monkeypatch.setattr(cpu, "_NNPACK_POOL", {"threads": torch.get_num_threads()})
-    direct, mode = cpu.PackedGemms("fp32", [w, b], winograd=False), cpu.PackedGemms("fp32", [w, b], winograd=True)
-    with torch.no_grad():
-        with direct:
-            expected = conv()
-        with mode:
-            winograd = conv()
-        monkeypatch.setitem(cpu._NNPACK_POOL, "threads", torch.get_num_threads() + 1)  # as if sized otherwise
-        with mode:
-            assert torch.equal(conv(), expected)
-        monkeypatch.setitem(cpu._NNPACK_POOL, "threads", torch.get_num_threads())
-        with mode:
-            assert torch.equal(conv(), winograd)
-    assert not torch.equal(winograd, expected)  # the two paths are told apart (their rounding differs)

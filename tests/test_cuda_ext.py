@@ -285,9 +285,10 @@ def _setup_line(**env):
 
 
 def test_setup_skip_flag():
-    proc, lines = _setup_line(SAM3LT_SKIP_CUDA_BUILD="1")
+    proc, lines = _setup_line(SAM3LT_SKIP_CUDA_BUILD="1", SAM3LT_SKIP_CPU_BUILD="1")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert lines == ["sam3lt: building pure Python (SAM3LT_SKIP_CUDA_BUILD is set)"]
+    assert lines == ["sam3lt: building pure Python (SAM3LT_SKIP_CUDA_BUILD is set); no CPU extension "
+                     "(SAM3LT_SKIP_CPU_BUILD is set)"]
 
 
 def test_setup_force_flag_fails_loudly_without_toolkit(tmp_path):

@@ -98,6 +98,18 @@ def test_forced_backend_without_implementation(toy_op):
         _backend.dispatch(name, "cuda", torch.randn(3))
 
 
+def test_context_backend_serves_only_the_ops_it_implements(toy_op):
+    """A process-wide / use_backend choice with no implementation of an op leaves that op to auto (a model runs end
+    to end under use_backend("cpu"), whose backend has one op); asked for by name in the call, it raises."""
+    name, calls = toy_op
+    x = torch.randn(3)
+    with ops.use_backend("cpu"):
+        assert torch.equal(_backend.dispatch(name, None, x), x + 1)
+        with pytest.raises(ops.BackendUnavailable, match=f"cpu backend has no implementation of {name}"):
+            _backend.dispatch(name, "cpu", x)
+    assert calls == ["eager"]
+
+
 def test_forced_cuda_on_cpu_tensors_raises():
     x, w, b = _dwconv_args()
     with pytest.raises(ops.BackendUnavailable, match="backend 'cuda' cannot run these inputs"):
@@ -122,7 +134,8 @@ def test_auto_falls_back_silently_for_inputs_a_backend_does_not_take(toy_op):
     assert calls == ["eager"] * 3
     assert torch.equal(_backend.dispatch(name, None, x.double()), x.double() + 2)  # supported: triton runs
     assert ops.explain(name, x) == {"cuda": "the cuda backend has no implementation of toy_op_for_tests",
-                                    "triton": "only float64 here", "eager": "runs"}
+                                    "triton": "only float64 here",
+                                    "cpu": "the cpu backend has no implementation of toy_op_for_tests", "eager": "runs"}
 
 
 def test_missing_backend_warns_once_for_accelerator_inputs(toy_op, monkeypatch):

@@ -20,11 +20,12 @@ _spec = importlib.util.spec_from_file_location("check_dist", REPO / "scripts" / 
 check_dist = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check_dist)
 
-_FLAGS = ("SAM3LT_SKIP_CUDA_BUILD", "SAM3LT_FORCE_CUDA_BUILD", "TORCH_CUDA_ARCH_LIST")
+_FLAGS = ("SAM3LT_SKIP_CUDA_BUILD", "SAM3LT_FORCE_CUDA_BUILD", "SAM3LT_SKIP_CPU_BUILD", "TORCH_CUDA_ARCH_LIST")
 
 
 def _env(**extra):
-    return {**{k: v for k, v in os.environ.items() if k not in _FLAGS}, **extra}
+    """The environment without the build flags, plus ``extra``; never the CPU extension (nothing compiles here)."""
+    return {**{k: v for k, v in os.environ.items() if k not in _FLAGS}, "SAM3LT_SKIP_CPU_BUILD": "1", **extra}
 
 
 def _run(cmd, **kw):

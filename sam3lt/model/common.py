@@ -127,6 +127,37 @@ class Attention(nn.Module):
         return self.o_proj(ops.masked_attention(q, k, v, key_padding_mask))
 
 
+class Conv3x3(nn.Conv2d):
+    """``nn.Conv2d(c, k, 3, padding=p)`` (same parameters and keys) run through ``ops.conv3x3``: on the CPU in
+    fp32, Winograd F(4×4, 3×3) (the ``cpu`` backend). ``backend`` names one for this module's calls (None: the
+    usual choice; ``sam3lt.optimize`` sets "eager" where its plan runs the convolution in bf16)."""
+
+    backend: str | None = None
+
+    def __init__(self, in_channels: int, out_channels: int, padding: int = 1):
+        super().__init__(in_channels, out_channels, 3, padding=padding)
+
+    def forward(self, x):
+        if self.backend == "eager":  # the reference as is: the bf16 plan hands it bf16 inputs on fp32 weights
+            return ops.conv3x3_reference(x, self.weight, self.bias, self.padding[0])
+        return ops.conv3x3(x, self.weight, self.bias, self.padding[0], backend=self.backend)
+
+
+class ConvTranspose2x2(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d(c, k, 2, stride=2)`` (same parameters and keys) run through ``ops.conv_transpose2x2``: on
+    the CPU in fp32, one GEMM (the ``cpu`` backend). ``backend`` as in :class:`Conv3x3`."""
+
+    backend: str | None = None
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 2, stride=2)
+
+    def forward(self, x):
+        if self.backend == "eager":  # the reference as is (see Conv3x3)
+            return ops.conv_transpose2x2_reference(x, self.weight, self.bias)
+        return ops.conv_transpose2x2(x, self.weight, self.bias, backend=self.backend)
+
+
 class MLP(nn.Module):
     """fc1 → act → fc2 (HF ``Sam3LiteTextMLP`` / ``Sam3MLP``; dropout is identity at inference).
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..ops.linear import writable
 from ..config import Sam3LiteTextConfig, Sam3LiteTextMaskDecoderConfig
-from .common import Attention, DecoderMLP
+from .common import Attention, Conv3x3, DecoderMLP
 
 
 class DotProductScoring(nn.Module):
@@ -43,7 +43,7 @@ class PixelDecoder(nn.Module):
     def __init__(self, config: Sam3LiteTextMaskDecoderConfig):
         super().__init__()
         d = config.hidden_size
-        self.conv_layers = nn.ModuleList([nn.Conv2d(d, d, 3, padding=1) for _ in range(config.num_upsampling_stages)])
+        self.conv_layers = nn.ModuleList([Conv3x3(d, d) for _ in range(config.num_upsampling_stages)])
         self.norms = nn.ModuleList([nn.GroupNorm(8, d) for _ in range(config.num_upsampling_stages)])
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..ops.linear import writable
 from ..config import Sam3ViTConfig, Sam3VisionConfig
-from .common import MLP, ModelOutputMixin, sine_position_grid
+from .common import MLP, Conv3x3, ConvTranspose2x2, ModelOutputMixin, sine_position_grid
 from .fusion import prenorm_stack
 
 
@@ -140,11 +140,11 @@ class FPNLayer(nn.Module):
         layers: list[nn.Module] = []
         channels = in_channels
         if scale_factor == 4.0:
-            layers = [nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2), nn.GELU(),
-                      nn.ConvTranspose2d(in_channels // 2, in_channels // 4, 2, stride=2)]
+            layers = [ConvTranspose2x2(in_channels, in_channels // 2), nn.GELU(),
+                      ConvTranspose2x2(in_channels // 2, in_channels // 4)]
             channels = in_channels // 4
         elif scale_factor == 2.0:
-            layers = [nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2)]
+            layers = [ConvTranspose2x2(in_channels, in_channels // 2)]
             channels = in_channels // 2
         elif scale_factor == 0.5:
             layers = [nn.MaxPool2d(kernel_size=2, stride=2)]
@@ -152,7 +152,7 @@ class FPNLayer(nn.Module):
             raise ValueError(f"scale_factors: {scale_factor} is not supported (expected 4, 2, 1 or 0.5)")
         self.scale_layers = nn.ModuleList(layers)
         self.proj1 = nn.Conv2d(channels, fpn_dim, kernel_size=1)
-        self.proj2 = nn.Conv2d(fpn_dim, fpn_dim, kernel_size=3, padding=1)
+        self.proj2 = Conv3x3(fpn_dim, fpn_dim)
 
     def forward(self, x):
         for i, layer in enumerate(self.scale_layers):

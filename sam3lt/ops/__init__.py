@@ -1,7 +1,7 @@
 """The op families behind the model, each with an eager reference (the spec) and faster backends.
 
-One module per family (``sam3lt/ops/<family>.py``, with ``kernels/<family>.py`` and ``csrc/<family>.cu`` where
-it has them): the public functions, their argument checks, the eager references and the registration of the
+One module per family (``sam3lt/ops/<family>.py``, with ``kernels/<family>.py``, ``csrc/<family>.cu`` and
+``csrc/cpu/<kernel>.cpp`` where it has them): the public functions, their argument checks, the eager references and the registration of the
 backends. The model calls only these functions; backend choice lives in :mod:`sam3lt.ops._backend`.
 """
 from ._backend import (BACKENDS, BackendUnavailable, explain, get_backend, register, select, set_backend,
@@ -9,6 +9,7 @@ from ._backend import (BACKENDS, BackendUnavailable, explain, get_backend, regis
 from ._tuning import autotune, clear_tuning, tuned_choices
 from .box_bias import box_bias, box_bias_reference
 from .box_refine import box_refine, box_refine_reference
+from .conv import conv3x3, conv3x3_reference, conv_transpose2x2, conv_transpose2x2_reference
 from .cross_attention import (box_bias_attention, box_bias_attention_reference, masked_attention,
                               masked_attention_reference)
 from .layer_norm import add_layer_norm, add_layer_norm_module, add_layer_norm_reference
@@ -32,5 +33,6 @@ __all__ = [
     "linear", "linear_reference",
     "box_bias", "box_bias_reference",
     "box_refine", "box_refine_reference",
+    "conv3x3", "conv3x3_reference", "conv_transpose2x2", "conv_transpose2x2_reference",
     "rope_qkv", "rope_qkv_reference",
 ]

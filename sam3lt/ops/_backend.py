@@ -6,7 +6,7 @@ The choice comes from, in order of precedence: the ``backend=`` argument of an o
 in this process or from the on-disk cache of the device); on CUDA inputs without one, evidence
 (``_tuning.EVIDENCE``: the vendor kernel, SDPA / cuBLAS, for compute-bound ops; the custom kernels for chains of
 small memory-bound ops); otherwise the order of :data:`BACKENDS`, ``cuda`` (compiled ``sam3lt._C``) → ``triton``
-→ ``eager``, taking the first that can run the inputs. :func:`explain` names the rule.
+→ ``cpu`` (compiled ``sam3lt._cpu``, CPU tensors) → ``eager``, taking the first that can run the inputs. :func:`explain` names the rule.
 
 An op's public function checks its arguments once (``check_args`` in its module, registered with
 :func:`define`: a ``TypeError`` / ``ValueError`` naming the argument) and then dispatches. Each backend registers,
@@ -14,9 +14,11 @@ per op, an implementation and a ``supports(*args) -> str | None`` check of *its 
 dims, int32 sizes) on valid arguments: ``None`` when it can take them, else a readable reason. Under ``auto`` a backend that
 cannot take an input is skipped and the next one runs; a backend that is *missing* altogether (package not
 installed, extension not built: :func:`set_missing_check`) is reported by one warning per backend, the first
-time it would have served CUDA inputs (never while ``torch.compile`` traces: a warning would break the graph).
+time it would have served inputs on its device (CUDA; the CPU for ``cpu``) (never while ``torch.compile`` traces: a warning would break the graph).
 :func:`explain` says which backend runs an op on given inputs and why the others do not. A backend forced by
-name that cannot run raises :class:`BackendUnavailable` with its reason. An implementation registered with
+name that cannot run raises :class:`BackendUnavailable` with its reason; a backend chosen for the process or a
+:func:`use_backend` block serves the ops it implements and ``auto`` runs the others (``cpu`` has only
+``conv3x3``, no op but ``conv3x3`` has it). An implementation registered with
 ``auto=False`` runs only when its backend is asked for by name (``auto`` passes over it silently): for a
 kernel that works but is not the fastest choice, e.g. the Triton mask-product GEMM against cuBLAS. Inside
 :func:`sam3lt.ops.autotune` the ``auto`` choice is measured instead, per op and input signature, among every
@@ -38,7 +40,7 @@ import torch
 
 from . import _tuning
 
-BACKENDS = ("cuda", "triton", "eager")
+BACKENDS = ("cuda", "triton", "cpu", "eager")
 _CHOICES = ("auto",) + BACKENDS
 
 
@@ -92,7 +94,7 @@ def register(op: str, backend: str, fn: Callable, supports: Callable[..., str | 
 
 
 def set_backend(name: str) -> None:
-    """Set the process-wide default backend: "auto", "cuda", "triton" or "eager"."""
+    """Set the process-wide default backend: "auto", "cuda", "triton", "cpu" or "eager"."""
     global _global_choice
     _global_choice = _check_choice(name, "set_backend")
 
@@ -138,10 +140,11 @@ def set_missing_check(backend: str, check: Callable[[], str | None]) -> None:
 
 
 def _warn_missing(backend: str, args) -> None:
-    """``auto`` warns once per backend when a backend that would serve CUDA inputs is missing. A backend that
-    merely does not take these inputs (CPU tensors for a GPU backend, an unsupported dtype or shape) is passed
-    over silently: that is the dispatch working, not a problem to report."""
-    if backend in _warned or not any(isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args):
+    """``auto`` warns once per backend when a backend that would serve these inputs' device (CUDA; the CPU for
+    ``cpu``) is missing. A backend that merely does not take these inputs (CPU tensors for a GPU backend, an
+    unsupported dtype or shape) is passed over silently: that is the dispatch working, not a problem to report."""
+    on_cpu = backend == "cpu"
+    if backend in _warned or not any(isinstance(a, torch.Tensor) and (a.device.type == "cpu") == on_cpu for a in args):
         return
     check = _MISSING_CHECKS.get(backend)
     reason = check() if check is not None else None
@@ -171,6 +174,8 @@ def unavailable_reason(op: str, backend: str, *args) -> str | None:
 def _choose(op: str, backend: str | None, args) -> tuple[str, Callable, str]:
     """(backend name, implementation, the rule that chose it) for ``op`` on these inputs."""
     choice = get_backend() if backend is None else _check_choice(backend, f"{op}(backend=...)")
+    if backend is None and choice not in ("auto", "eager") and choice not in _REGISTRY.get(op, {}):
+        choice = "auto"  # a process-wide / context backend with no implementation of this op: auto runs it
     if choice != "auto":
         reason = backend_reason(op, choice, args)
         if reason is not None:

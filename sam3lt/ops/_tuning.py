@@ -180,8 +180,9 @@ def has_disk_choices(op: str, args, compiling: bool) -> bool:
 
 # ---------------------------------------------------------------- evidence, when nothing was measured
 
-VENDOR_FIRST = ("eager", "cuda", "triton")
-CUSTOM_FIRST = ("cuda", "triton", "eager")
+# orders for CUDA inputs; "cpu" (CPU tensors only) comes last so that every order names every backend
+VENDOR_FIRST = ("eager", "cuda", "triton", "cpu")
+CUSTOM_FIRST = ("cuda", "triton", "eager", "cpu")
 _COMPUTE = ("compute-bound: the vendor kernel (eager = torch's {what}) until a custom kernel is measured faster "
             "(sam3lt.ops.autotune); bench/results/static estimates the custom ones below it")
 _CHAIN = "memory-bound: the custom kernel replaces a chain of small torch kernels ({what})"
@@ -192,11 +193,15 @@ EVIDENCE: dict[str, tuple[str, tuple[str, ...]]] = {
     "box_bias_attention": (_COMPUTE.format(what="bias + SDPA"), VENDOR_FIRST),
     "linear": (_COMPUTE.format(what="cuBLAS GEMM + epilogue"), VENDOR_FIRST),
     "mask_product": (_COMPUTE.format(what="cuBLAS batched GEMM"), VENDOR_FIRST),
+    "conv3x3": (_COMPUTE.format(what="cuDNN convolution; the cpu backend's Winograd takes only CPU inputs"),
+                VENDOR_FIRST),
+    "conv_transpose2x2": (_COMPUTE.format(what="cuDNN convolution; the cpu backend's GEMM takes only CPU inputs"),
+                          VENDOR_FIRST),
     "add_layer_norm": (_CHAIN.format(what="add, then LayerNorm"), CUSTOM_FIRST),
     "repmixer_dwconv": (_CHAIN.format(what="pad, conv1d, bias, residual"), CUSTOM_FIRST),
     # Triton fuses both convolutions into one launch; the cuda backend runs them as two
     "repmixer_block_dwconv": (_CHAIN.format(what="two depthwise convs with their adds") + "; Triton's is one fused "
-                              "launch where cuda's is two", ("triton", "cuda", "eager")),
+                              "launch where cuda's is two", ("triton", "cuda", "eager", "cpu")),
     "upsample_nearest_add": (_CHAIN.format(what="interpolate, add"), CUSTOM_FIRST),
     "masks_to_binary": (_CHAIN.format(what="sigmoid, interpolate, threshold"), CUSTOM_FIRST),
     "box_bias": (_CHAIN.format(what="~30 small ops of the box MLPs per layer"), CUSTOM_FIRST),

@@ -1,0 +1,44 @@
+"""3×3 convolutions: ``sam3lt.ops.conv3x3``, the FPN neck's and the pixel decoder's (256 → 256 channels, padding
+1) at the neck's levels: 288², 144², 72² at 1008² (full), 96², 48², 24² at 336² (cpu), 24² and 12² (tiny).
+
+FLOP convention: the direct convolution's 2·K·C·9 per output pixel, for every backend (Winograd's ``cpu`` backend
+does ~4x fewer multiplies: its TFLOP/s is "direct-equivalent"). Bytes: input, weight, bias and output once.
+Baseline: NNPACK's Winograd F(6×6, 3×3) convolution (``torch._nnpack_spatial_convolution``), on the CPU.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._case import Baseline, Case, nbytes, randn
+
+CHANNELS = 256
+SIZES = {"full": (288, 144, 72), "cpu": (96, 48, 24), "tiny": (24, 12)}
+
+
+def _make(grid):
+    def make(device, dtype, gen):
+        x = randn(gen, 1, CHANNELS, grid, grid, device=device, dtype=dtype).contiguous(
+            memory_format=torch.channels_last)  # as the model's: the neck's inputs come channels-last
+        w = randn(gen, CHANNELS, CHANNELS, 3, 3, device=device, dtype=dtype, scale=(9 * CHANNELS) ** -0.5)
+        return x, w, randn(gen, CHANNELS, device=device, dtype=dtype), 1
+    return make
+
+
+def _nnpack(args):
+    x, w, b, padding = args
+    return (lambda *a: torch._nnpack_spatial_convolution(*a)), (x.contiguous(), w, b, [padding, padding])
+
+
+def _nnpack_reason(device, dtype):
+    if device.type != "cpu" or dtype != torch.float32:
+        return "NNPACK runs fp32 on the CPU only"
+    return None if torch._nnpack_available() else "this torch has no NNPACK"
+
+
+def cases(size: str) -> list[Case]:
+    return [Case("conv", "conv3x3", f"FPN / pixel decoder 3×3 convolution, level {i}",
+                 f"1×{CHANNELS}×{grid}², {CHANNELS}×{CHANNELS}×3×3", _make(grid),
+                 lambda a: 2 * a[1].shape[0] * a[1].shape[1] * 9 * a[0].shape[-1] * a[0].shape[-2],
+                 lambda a: nbytes(*a[:3]) + a[1].shape[0] * a[0].shape[-1] * a[0].shape[-2] * a[0].element_size(),
+                 [Baseline("nnpack", _nnpack, "NNPACK's Winograd F(6x6, 3x3)", _nnpack_reason)], sizes=(size,))
+            for i, grid in enumerate(SIZES[size])]

@@ -1,0 +1,64 @@
+"""The ``cpu`` backend: the CPU kernels of the extension ``sam3lt._cpu`` (csrc/cpu/), ``torch.ops.sam3lt_cpu.*``,
+and CPU implementations made of torch's own ops where that is the faster path (a GEMM for a transposed
+convolution).
+
+``sam3lt._cpu`` needs only torch and a C++ compiler at install time (setup.py builds it wherever torch is
+importable). Importing this module never raises: when the extension is missing or was built against another
+torch, :data:`IMPORT_ERROR` says why, every ``supports()`` of the backend returns it, ``auto`` runs the eager
+reference with one warning (the first time it would have served CPU inputs), and a forced ``cpu`` raises
+:class:`~sam3lt.ops.BackendUnavailable` with it.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+from ._backend import set_missing_check
+
+EXT = None
+IMPORT_ERROR: str | None = None
+_REBUILD = "rebuild it with `pip install --no-build-isolation -e .` (needs a C++ compiler)"
+
+
+def _load() -> None:
+    global EXT, IMPORT_ERROR
+    if os.environ.get("SAM3LT_DISABLE_CPU_EXT", "").strip().lower() in ("1", "true", "yes", "on"):
+        IMPORT_ERROR = "the CPU extension is disabled by SAM3LT_DISABLE_CPU_EXT"
+        return
+    try:
+        module = importlib.import_module("sam3lt._cpu")
+    except ModuleNotFoundError:
+        IMPORT_ERROR = f"the CPU extension sam3lt._cpu is not built (SAM3LT_SKIP_CPU_BUILD, or no torch at install); {_REBUILD}"
+        return
+    except Exception as exc:  # ImportError (undefined symbol: built against another torch), OSError, ...
+        IMPORT_ERROR = f"the CPU extension sam3lt._cpu failed to import: {str(exc).splitlines()[0] if str(exc) else exc!r}; {_REBUILD}"
+        return
+    built_for = getattr(module, "__torch_version__", "unknown")
+    if built_for not in ("unknown", torch.__version__):
+        IMPORT_ERROR = f"sam3lt._cpu was built against torch {built_for}, this is torch {torch.__version__}; {_REBUILD}"
+        return
+    EXT = module
+
+
+_load()
+set_missing_check("cpu", lambda: IMPORT_ERROR)
+
+
+def launch_reason(tensors, extension: bool = True) -> str | None:
+    """What every CPU kernel needs: the extension (``extension=False``: an implementation on torch's own CPU ops),
+    fp32 CPU tensors, no autograd, no torch.compile trace (the kernels keep per-weight state: the compiled graph
+    runs the eager reference)."""
+    if extension and IMPORT_ERROR is not None:
+        return IMPORT_ERROR
+    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+    if any(t.device.type != "cpu" for t in tensors):
+        return "inputs are not on the CPU"
+    if any(t.dtype != torch.float32 for t in tensors):
+        return f"the CPU kernels take float32, got {sorted({str(t.dtype) for t in tensors})}"
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return "an input requires grad (the CPU kernels have no backward)"
+    if torch.compiler.is_compiling():
+        return "torch.compile is tracing (the compiled graph runs the eager reference)"
+    return None

@@ -1,0 +1,188 @@
+"""The FPN neck's and the pixel decoder's convolutions: ``conv3x3`` (3×3, stride 1) and ``conv_transpose2x2``
+(the neck's 2× upsampling: a 2×2 transposed convolution, stride 2).
+
+The eager references are ``F.conv2d`` / ``F.conv_transpose2d`` (oneDNN on the CPU, cuDNN on a GPU). The ``cpu``
+backends take fp32 CPU tensors:
+
+- ``conv3x3``: Winograd F(4×4, 3×3) (csrc/cpu/winograd.cpp): 4× fewer multiplies, the 36 tile GEMMs on MKL, the
+  tile transforms hand-written. Its error is ~1e-5 of the output's scale where the direct convolution's is
+  ~2e-6 (Winograd's transforms add and subtract terms up to 8× the output; an fp64 reference in
+  tests/test_conv.py). The transformed weight ``G g Gᵀ`` (36, C, K) is computed once per weight, in fp64.
+- ``conv_transpose2x2``: one GEMM, (pixels × C) @ (C × 4K) on MKL, then one pass that adds the bias while it
+  scatters the four outputs of each pixel to their 2×2 places (channels-last). oneDNN runs this shape at
+  ~200 GFLOP/s on 2 cores, MKL's GEMM at ~300 (bench/ops/bench_conv.py).
+
+A weight's transformed copy is kept until the weight changes (its version counter or storage).
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+from . import _checks, _cpu
+from ._backend import define, dispatch, register
+
+# F(4x4, 3x3)'s weight transform (Lavin & Gray 2016, points 0, ±1, ±2, ∞); the data and output ones are in
+# csrc/cpu/winograd.cpp
+_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+      (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+
+
+def conv3x3_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                      padding: int = 1) -> torch.Tensor:
+    """Eager reference (the spec): ``F.conv2d(x, weight, bias, padding=padding)``. See :func:`conv3x3`."""
+    return F.conv2d(x, weight, bias, padding=padding)
+
+
+def check_args(x, weight, bias=None, padding=1) -> None:
+    op = "conv3x3"
+    _checks.tensor(op, "x", x)
+    _checks.like(op, "x", x, (("x", x), ("weight", weight), ("bias", bias)), optional=("bias",))
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be (B, C, H, W), got {tuple(x.shape)}")
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (x.shape[1], 3, 3):
+        raise ValueError(f"{op}: weight must be (K, C, 3, 3) with C = x.shape[1] = {x.shape[1]}, got "
+                         f"{tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{op}: bias must be (K,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
+    _checks.integer(op, "padding", padding, minimum=0)
+    if min(x.shape[2], x.shape[3]) + 2 * padding < 3:
+        raise ValueError(f"{op}: the input {tuple(x.shape[2:])} with padding {padding} is smaller than the 3×3 kernel")
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 1,
+            backend: str | None = None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=padding)`` for a 3×3 kernel, stride 1.
+
+    Args:
+        x: (B, C, H, W), any memory format. weight: (K, C, 3, 3). bias: (K,) or None. padding: int >= 0 (zeros).
+        All tensors share x's floating dtype and device.
+    Returns:
+        (B, K, H + 2p - 2, W + 2p - 2). The ``cpu`` backend returns it channels-last; the reference in the layout
+        torch's convolution picks (channels-last for a channels-last input).
+    """
+    check_args(x, weight, bias, padding)
+    return dispatch("conv3x3", backend, x, weight, bias, padding)
+
+
+# id(weight) -> (weak reference, (transform, its version and storage), the transformed weight); the entry goes
+# with the weight (tensors compare elementwise, so no WeakKeyDictionary)
+_TRANSFORMED: dict[int, tuple] = {}
+
+
+def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``U = G g Gᵀ`` for each (k, c): (36, C, K) fp32, computed in fp64 (then one rounding)."""
+    g = torch.tensor(_G, dtype=torch.float64)
+    u = torch.einsum("ak,ockl,bl->abco", g, weight.detach().to(torch.float64), g)
+    return u.reshape(36, weight.shape[1], weight.shape[0]).to(torch.float32).contiguous()
+
+
+def _transformed_weight(weight: torch.Tensor, transform) -> torch.Tensor:
+    key = (transform, weight._version, weight.untyped_storage().data_ptr(), weight.storage_offset(), weight.stride())
+    hit = _TRANSFORMED.get(id(weight))
+    if hit is None or hit[0]() is not weight or hit[1] != key:
+        ident = id(weight)
+        ref = weakref.ref(weight, lambda _, ident=ident: _TRANSFORMED.pop(ident, None))
+        hit = _TRANSFORMED[ident] = (ref, key, transform(weight))
+    return hit[2]
+
+
+def conv3x3_winograd(x, weight, bias=None, padding=1):
+    """The ``cpu`` backend: Winograd F(4×4, 3×3) (csrc/cpu/winograd.cpp)."""
+    return torch.ops.sam3lt_cpu.winograd_conv3x3.default(x, _transformed_weight(weight, winograd_weight), bias, padding)
+
+
+def supports_winograd(x, weight, bias=None, padding=1) -> str | None:
+    return _cpu.launch_reason((x, weight, bias))
+
+
+# ---------------------------------------------------------------- conv_transpose2x2
+
+def conv_transpose2x2_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Eager reference (the spec): ``F.conv_transpose2d(x, weight, bias, stride=2)``. See :func:`conv_transpose2x2`."""
+    return F.conv_transpose2d(x, weight, bias, stride=2)
+
+
+def check_transpose_args(x, weight, bias=None) -> None:
+    op = "conv_transpose2x2"
+    _checks.tensor(op, "x", x)
+    _checks.like(op, "x", x, (("x", x), ("weight", weight), ("bias", bias)), optional=("bias",))
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be (B, C, H, W), got {tuple(x.shape)}")
+    if weight.dim() != 4 or weight.shape[0] != x.shape[1] or tuple(weight.shape[2:]) != (2, 2):
+        raise ValueError(f"{op}: weight must be (C, K, 2, 2) with C = x.shape[1] = {x.shape[1]}, got "
+                         f"{tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[1],):
+        raise ValueError(f"{op}: bias must be (K,) = ({weight.shape[1]},), got {tuple(bias.shape)}")
+
+
+def conv_transpose2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                      backend: str | None = None) -> torch.Tensor:
+    """``F.conv_transpose2d(x, weight, bias, stride=2)`` for a 2×2 kernel: each input pixel writes its own 2×2 block.
+
+    Args:
+        x: (B, C, H, W), any memory format. weight: (C, K, 2, 2) (``nn.ConvTranspose2d``'s layout). bias: (K,) or
+        None. All tensors share x's floating dtype and device.
+    Returns:
+        (B, K, 2H, 2W); the ``cpu`` backend returns it channels-last.
+    """
+    check_transpose_args(x, weight, bias)
+    return dispatch("conv_transpose2x2", backend, x, weight, bias)
+
+
+def gemm_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(C, K, 2, 2) -> (C, 4K), columns ordered (di, dj, k): a pixel's row of the GEMM is its 2×2 block, channels-last."""
+    return weight.detach().permute(0, 2, 3, 1).reshape(weight.shape[0], -1).contiguous()
+
+
+_CHUNK_PIXELS = 1024  # pixels per GEMM at most, in even bands: its output stays in cache for the placing pass
+_WORKSPACE = threading.local()  # per thread: a fresh buffer this size would come from the OS page by page
+
+
+def _workspace(numel: int) -> torch.Tensor:
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.numel() < numel:
+        buf = _WORKSPACE.buf = torch.empty(numel)
+    return buf[:numel]
+
+
+def conv_transpose2x2_gemm(x, weight, bias=None):
+    """The ``cpu`` backend: per band of image rows, one MKL GEMM (pixels × C) @ (C × 4K), then the bias added in
+    the pass that places each pixel's 2×2 block (channels-last output)."""
+    b, c, h, w = x.shape
+    k = weight.shape[1]
+    gemm_w = _transformed_weight(weight, gemm_weight)
+    src = x.permute(0, 2, 3, 1)  # (B, H, W, C): rows of C contiguous when x is channels-last
+    out = torch.empty((b, 2 * h, 2 * w, k), dtype=x.dtype)
+    bands = -(-h * w // _CHUNK_PIXELS)  # even bands: a thin last one runs its GEMM at a fraction of the speed
+    band = -(-h // bands)
+    ws = _workspace(band * w * 4 * k)
+    for n in range(b):
+        for i in range(0, h, band):
+            rows = min(band, h - i)
+            blocks = torch.mm(src[n, i:i + rows].reshape(rows * w, c), gemm_w, out=ws[:rows * w * 4 * k].view(rows * w, 4 * k))
+            blocks = blocks.view(rows, w, 2, 2, k).permute(0, 2, 1, 3, 4)  # (row, di, col, dj, k)
+            placed = out[n, 2 * i:2 * (i + rows)].view(rows, 2, w, 2, k)
+            if bias is None:
+                placed.copy_(blocks)
+            else:
+                torch.add(blocks, bias, out=placed)
+    return out.permute(0, 3, 1, 2)
+
+
+def supports_gemm(x, weight, bias=None) -> str | None:
+    reason = _cpu.launch_reason((x, weight, bias), extension=False)
+    if reason is None and x.numel() == 0:
+        return "an empty input"
+    return reason
+
+
+define("conv3x3", check_args)
+register("conv3x3", "eager", conv3x3_reference)
+register("conv3x3", "cpu", conv3x3_winograd, supports_winograd)
+define("conv_transpose2x2", check_transpose_args)
+register("conv_transpose2x2", "eager", conv_transpose2x2_reference)
+register("conv_transpose2x2", "cpu", conv_transpose2x2_gemm, supports_gemm)
