@@ -71,9 +71,9 @@ def test_conv3x3_weight_change_recomputes_its_transform(target, request, no_grad
     conv_mod.load_state_dict({"weight": randn(gen, 24, 16, 3, 3, device="cpu"), "bias": conv_mod.bias.detach()})
     _check(target.backend, x, conv_mod.weight, conv_mod.bias, 1, "after load_state_dict")
     ident = id(conv_mod.weight)
-    assert ident in conv._TRANSFORMED
+    assert ident in _cpu._DERIVED
     del conv_mod
-    assert ident not in conv._TRANSFORMED  # the entry goes with the weight
+    assert ident not in _cpu._DERIVED  # the entry goes with the weight
 
 
 def test_conv3x3_fake_implementation():

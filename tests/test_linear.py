@@ -73,11 +73,11 @@ def test_linear_empty(target, request):
 
 @kernel_test
 def test_auto_keeps_cublas_and_triton_is_named(request, monkeypatch):
-    """auto=False: under auto the reference (cuBLAS) runs; backend="triton" (per call or process-wide) runs the
-    kernel."""
+    """auto=False: under auto the reference (cuBLAS) runs, or on the CPU MKL on packed weights (the cpu backend);
+    backend="triton" (per call or process-wide) runs the kernel."""
     gen = seed_for(request)
     args = (randn(gen, 5, 32), randn(gen, 24, 32), randn(gen, 24), "gelu", None)
-    assert _backend.select("linear", None, *args)[0] == "eager"
+    assert _backend.select("linear", None, *args)[0] == ("cpu" if args[0].is_cpu else "eager")
     # cuda (torch's cuBLAS, for a model forced to cuda) and triton run only when named
     assert not _backend._REGISTRY["linear"]["cuda"].auto and not _backend._REGISTRY["linear"]["triton"].auto
     calls = []
@@ -141,3 +141,22 @@ def test_opcheck(request):
     for args in [(randn(gen, 2, 5, 32), randn(gen, 24, 32), randn(gen, 24), "gelu", randn(gen, 2, 5, 24)),
                  (randn(gen, 7, 20), randn(gen, 9, 20), None, None, None)]:
         torch.library.opcheck(torch.ops.sam3lt.linear.default, args)
+
+
+def test_packed_cpu_linear_packs_once_per_weight(no_grad):
+    """The cpu backend packs a weight once, for the row count of its first large call; a weight changed in place
+    is packed again; other row counts run the reference (bitwise)."""
+    from sam3lt.ops import _cpu
+    from sam3lt.ops.linear import PACK_MIN_ROWS
+
+    w, b = torch.randn(48, 40), torch.randn(48)
+    x = torch.randn(2, PACK_MIN_ROWS, 40)
+    ref = lambda x, w: ops.linear_reference(x.double(), w.double(), b.double(), "relu")  # noqa: E731
+    out = ops.linear(x, w, b, "relu", backend="cpu")
+    torch.testing.assert_close(out.double(), ref(x, w), rtol=1e-5, atol=1e-5)
+    rows, packed, _ = _cpu._DERIVED[id(w)][1]["mkl"][1]
+    assert rows == 2 * PACK_MIN_ROWS and packed is not None
+    small = torch.randn(3, 40)  # another row count: the reference, bitwise
+    assert torch.equal(ops.linear(small, w, b, "relu", backend="cpu"), ops.linear_reference(small, w, b, "relu"))
+    w.mul_(-2.0)
+    torch.testing.assert_close(ops.linear(x, w, b, "relu", backend="cpu").double(), ref(x, w), rtol=1e-5, atol=1e-5)

@@ -127,6 +127,14 @@ class Attention(nn.Module):
         return self.o_proj(ops.masked_attention(q, k, v, key_padding_mask))
 
 
+def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)`` as ``ops.linear`` (on the CPU: MKL on the packed weight). An input of another dtype than the
+    weight goes to the module as is: the bf16 CPU plan hands bf16 activations to the GEMMs it runs in bf16."""
+    if x.dtype != layer.weight.dtype:
+        return layer(x)
+    return ops.linear(x, layer.weight, layer.bias)
+
+
 class Conv3x3(nn.Conv2d):
     """``nn.Conv2d(c, k, 3, padding=p)`` (same parameters and keys) run through ``ops.conv3x3``: on the CPU in
     fp32, Winograd F(4×4, 3×3) (the ``cpu`` backend). ``backend`` names one for this module's calls (None: the
@@ -162,7 +170,8 @@ class MLP(nn.Module):
     """fc1 → act → fc2 (HF ``Sam3LiteTextMLP`` / ``Sam3MLP``; dropout is identity at inference).
 
     With a "gelu" or "relu" activation, fc1 + act is one ``ops.linear`` call: eager runs the same F.linear then
-    F.gelu / F.relu (bitwise the plain modules), the triton backend one GEMM with the activation fused.
+    F.gelu / F.relu (bitwise the plain modules), the triton backend one GEMM with the activation fused; fc2 is
+    another (on the CPU, MKL on the packed weight).
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, act: str):
@@ -175,7 +184,7 @@ class MLP(nn.Module):
     def forward(self, x):
         if self.fused_act is None:
             return self.fc2(self.act(self.fc1(x)))
-        return self.fc2(ops.linear(x, self.fc1.weight, self.fc1.bias, activation=self.fused_act))
+        return linear(ops.linear(x, self.fc1.weight, self.fc1.bias, activation=self.fused_act), self.fc2)
 
 
 class PreNormAttentionLayer(nn.Module):

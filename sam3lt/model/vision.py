@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..ops.linear import writable
 from ..config import Sam3ViTConfig, Sam3VisionConfig
-from .common import MLP, Conv3x3, ConvTranspose2x2, ModelOutputMixin, sine_position_grid
+from .common import MLP, Conv3x3, ConvTranspose2x2, ModelOutputMixin, linear, sine_position_grid
 from .fusion import prenorm_stack
 
 
@@ -41,10 +41,10 @@ class ViTAttention(nn.Module):
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x, cos, sin, window_size: int):
-        qkv = self.qkv(x)  # (B, H, W, 3C)
+        qkv = linear(x, self.qkv)  # (B, H, W, 3C)
         # Padded window tokens take the projection bias: HF pads the (normalised) input with zeros.
         out = ops.window_attention(qkv, cos, sin, self.num_heads, window_size, self.qkv.bias)
-        return self.o_proj(out)
+        return linear(out, self.o_proj)
 
 
 class ViTLayer(nn.Module):

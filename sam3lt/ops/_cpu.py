@@ -10,8 +10,12 @@ reference with one warning (the first time it would have served CPU inputs), and
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import threading
+import weakref
+from collections.abc import Callable
 
 import torch
 
@@ -46,14 +50,29 @@ _load()
 set_missing_check("cpu", lambda: IMPORT_ERROR)
 
 
-def launch_reason(tensors, extension: bool = True) -> str | None:
+_RULES = threading.local()  # rules(op, tensors) -> reason | None of the innermost decline() blocks
+
+
+@contextlib.contextmanager
+def decline(rule: Callable[[str, tuple], str | None]):
+    """Inside the block (this thread), the cpu backend passes over the calls for which ``rule(op, tensors)`` gives
+    a reason: ``auto`` runs the next backend. :class:`sam3lt.cpu.PackedGemms` declines the GEMMs it runs itself."""
+    rules = _RULES.__dict__.setdefault("stack", [])
+    rules.append(rule)
+    try:
+        yield
+    finally:
+        rules.pop()
+
+
+def launch_reason(tensors, extension: bool = True, op: str | None = None) -> str | None:
     """What every CPU kernel needs: the extension (``extension=False``: an implementation on torch's own CPU ops),
     fp32 CPU tensors, no autograd, no torch.compile trace (the kernels keep per-weight state: the compiled graph
-    runs the eager reference)."""
+    runs the eager reference), and no :func:`decline` rule against the call."""
     if extension and IMPORT_ERROR is not None:
         return IMPORT_ERROR
-    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
-    if any(t.device.type != "cpu" for t in tensors):
+    tensors = tuple(t for t in tensors if isinstance(t, torch.Tensor))
+    if not all(t.is_cpu for t in tensors):
         return "inputs are not on the CPU"
     if any(t.dtype != torch.float32 for t in tensors):
         return f"the CPU kernels take float32, got {sorted({str(t.dtype) for t in tensors})}"
@@ -61,4 +80,29 @@ def launch_reason(tensors, extension: bool = True) -> str | None:
         return "an input requires grad (the CPU kernels have no backward)"
     if torch.compiler.is_compiling():
         return "torch.compile is tracing (the compiled graph runs the eager reference)"
+    for rule in reversed(getattr(_RULES, "stack", ())):
+        reason = rule(op, tensors)
+        if reason is not None:
+            return reason
     return None
+
+
+# id(weight) -> (weak reference, {tag: (the weight's version and storage, derived tensor)}): the kernels' per-weight
+# copies (Winograd's transformed weight, MKL's packed one), made once and remade when the weight changes (in place:
+# its version counter; or its storage). An entry goes with its weight (tensors compare elementwise: no
+# WeakKeyDictionary).
+_DERIVED: dict[int, tuple] = {}
+
+
+def derived(weight: torch.Tensor, tag, make: Callable[[torch.Tensor], object]):
+    """``make(weight)``, computed once per ``tag`` and weight state (see ``_DERIVED``)."""
+    state = (weight._version, weight.untyped_storage().data_ptr(), weight.storage_offset(), weight.stride())
+    ident = id(weight)
+    entry = _DERIVED.get(ident)
+    if entry is None or entry[0]() is not weight:
+        entry = _DERIVED[ident] = (weakref.ref(weight, lambda _, ident=ident: _DERIVED.pop(ident, None)), {})
+    hit = entry[1].get(tag)
+    if hit is None or hit[0] != state:
+        with torch.no_grad():
+            hit = entry[1][tag] = (state, make(weight))
+    return hit[1]

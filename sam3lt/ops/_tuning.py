@@ -52,8 +52,9 @@ def _disk_key(op: str, sig: tuple) -> str:
 
 def _cuda_device(args):
     for a in args:
-        if isinstance(a, torch.Tensor) and a.device.type == "cuda":
-            return a.device
+        if isinstance(a, torch.Tensor):
+            if a.is_cuda:  # a property: cheaper than a.device (called on every op dispatch)
+                return a.device
         if isinstance(a, (list, tuple)):
             d = _cuda_device(a)
             if d is not None:
@@ -212,8 +213,9 @@ EVIDENCE: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def evidence_order(op: str, args, default: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
     """(order to try, rule) without a measurement: by evidence on CUDA inputs, else the default order."""
-    if _cuda_device(args) is not None and op in EVIDENCE:
+    cuda = _cuda_device(args) is not None
+    if cuda and op in EVIDENCE:
         rule, order = EVIDENCE[op]
         return order, f"evidence, {rule}"
-    where = "CUDA inputs, no evidence recorded for this op" if _cuda_device(args) is not None else "inputs not on CUDA"
+    where = "CUDA inputs, no evidence recorded for this op" if cuda else "inputs not on CUDA"
     return default, f"default order {' -> '.join(default)} ({where}): the first backend that can take the inputs"

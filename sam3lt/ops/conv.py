@@ -17,7 +17,6 @@ A weight's transformed copy is kept until the weight changes (its version counte
 from __future__ import annotations
 
 import threading
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -68,11 +67,6 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     return dispatch("conv3x3", backend, x, weight, bias, padding)
 
 
-# id(weight) -> (weak reference, (transform, its version and storage), the transformed weight); the entry goes
-# with the weight (tensors compare elementwise, so no WeakKeyDictionary)
-_TRANSFORMED: dict[int, tuple] = {}
-
-
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     """``U = G g Gᵀ`` for each (k, c): (36, C, K) fp32, computed in fp64 (then one rounding)."""
     g = torch.tensor(_G, dtype=torch.float64)
@@ -80,23 +74,13 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     return u.reshape(36, weight.shape[1], weight.shape[0]).to(torch.float32).contiguous()
 
 
-def _transformed_weight(weight: torch.Tensor, transform) -> torch.Tensor:
-    key = (transform, weight._version, weight.untyped_storage().data_ptr(), weight.storage_offset(), weight.stride())
-    hit = _TRANSFORMED.get(id(weight))
-    if hit is None or hit[0]() is not weight or hit[1] != key:
-        ident = id(weight)
-        ref = weakref.ref(weight, lambda _, ident=ident: _TRANSFORMED.pop(ident, None))
-        hit = _TRANSFORMED[ident] = (ref, key, transform(weight))
-    return hit[2]
-
-
 def conv3x3_winograd(x, weight, bias=None, padding=1):
     """The ``cpu`` backend: Winograd F(4×4, 3×3) (csrc/cpu/winograd.cpp)."""
-    return torch.ops.sam3lt_cpu.winograd_conv3x3.default(x, _transformed_weight(weight, winograd_weight), bias, padding)
+    return torch.ops.sam3lt_cpu.winograd_conv3x3.default(x, _cpu.derived(weight, "winograd", winograd_weight), bias, padding)
 
 
 def supports_winograd(x, weight, bias=None, padding=1) -> str | None:
-    return _cpu.launch_reason((x, weight, bias))
+    return _cpu.launch_reason((x, weight, bias), op="conv3x3")
 
 
 # ---------------------------------------------------------------- conv_transpose2x2
@@ -154,7 +138,7 @@ def conv_transpose2x2_gemm(x, weight, bias=None):
     the pass that places each pixel's 2×2 block (channels-last output)."""
     b, c, h, w = x.shape
     k = weight.shape[1]
-    gemm_w = _transformed_weight(weight, gemm_weight)
+    gemm_w = _cpu.derived(weight, "gemm", gemm_weight)
     src = x.permute(0, 2, 3, 1)  # (B, H, W, C): rows of C contiguous when x is channels-last
     out = torch.empty((b, 2 * h, 2 * w, k), dtype=x.dtype)
     bands = -(-h * w // _CHUNK_PIXELS)  # even bands: a thin last one runs its GEMM at a fraction of the speed
@@ -174,7 +158,7 @@ def conv_transpose2x2_gemm(x, weight, bias=None):
 
 
 def supports_gemm(x, weight, bias=None) -> str | None:
-    reason = _cpu.launch_reason((x, weight, bias), extension=False)
+    reason = _cpu.launch_reason((x, weight, bias), extension=False, op="conv_transpose2x2")
     if reason is None and x.numel() == 0:
         return "an empty input"
     return reason

@@ -1,16 +1,21 @@
 """Linear layer with a fused epilogue: ``act(x @ weight.T + bias) (+ residual)``.
 
-The eager reference is torch's ``F.linear`` (cuBLAS on a GPU) followed by separate elementwise kernels; the
-Triton backend is one GEMM with bias, activation and residual applied to the fp32 accumulator and a single
-rounding at the store. Which one is faster depends on the shape, so the Triton GEMM is registered with
+The eager reference is torch's ``F.linear`` (cuBLAS on a GPU, MKL on the CPU) followed by separate elementwise
+kernels; the Triton backend is one GEMM with bias, activation and residual applied to the fp32 accumulator and a
+single rounding at the store. Which one is faster depends on the shape, so the Triton GEMM is registered with
 ``auto=False``: it runs only where a call site (or the process) names the ``triton`` backend.
+
+The ``cpu`` backend (fp32 CPU tensors) is MKL's sgemm on the weight packed once: ``F.linear`` packs it inside
+every call, ~8% of a ViT GEMM's time on 2 cores (bench/ops/bench_linear.py). The packed copy (~1.6x the
+weight's memory) is kept per weight, for the row count of its first call of >= ``PACK_MIN_ROWS`` rows (MKL packs
+for one); other calls run the reference.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from . import _checks, _cuda, _triton
+from . import _checks, _cpu, _cuda, _triton
 from ._backend import define, dispatch, register
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # gelu: exact (erf), torch's default
@@ -80,9 +85,46 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return dispatch("linear", backend, x, weight, bias, activation, residual)
 
 
+PACK_MIN_ROWS = 128  # below, the GEMM is small and F.linear's own packing costs little
+
+
+def linear_packed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  activation: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``cpu`` backend: MKL's sgemm on a weight packed once, then the reference's epilogue (in place)."""
+    k, n = x.shape[-1], weight.shape[0]
+    rows = x.numel() // k if k else 0
+    if rows < PACK_MIN_ROWS:
+        return linear_reference(x, weight, bias, activation, residual)
+    packed_rows, packed, dense = _cpu.derived(weight, "mkl", lambda w: _pack(w, rows))
+    if packed is None or rows != packed_rows:
+        return linear_reference(x, weight, bias, activation, residual)
+    b = None if bias is None else bias.contiguous()
+    y = torch.ops.mkl._mkl_linear(x.reshape(rows, k).contiguous(), packed, dense, b, rows).view(*x.shape[:-1], n)
+    if activation is not None:
+        y = _INPLACE[activation](y)
+    return y if residual is None else y.add_(residual)
+
+
+def _pack(weight: torch.Tensor, rows: int) -> tuple:
+    """(rows, MKL's packed weight for that many rows, the dense weight); rows 0 when not worth packing."""
+    dense = weight.detach().contiguous()
+    if rows < PACK_MIN_ROWS or dense.numel() == 0:
+        return 0, None, dense
+    return rows, torch.ops.mkl._mkl_reorder_linear_weight(dense, rows), dense
+
+
+_MKL = torch.backends.mkl.is_available()
+
+
+def supports_packed(x, weight, bias=None, activation=None, residual=None) -> str | None:
+    return "this torch has no MKL" if not _MKL else _cpu.launch_reason((x, weight, bias, residual), extension=False,
+                                                                        op="linear")
+
+
 # The Triton GEMM and the cuda backend (cuBLAS through the reference) run only when named (auto=False): under auto
 # the eager reference runs (cuBLAS + elementwise ops), unless sam3lt.ops.autotune measured another faster.
 define("linear", check_args)
 register("linear", "eager", linear_reference)
 register("linear", "triton", *_triton.backend("linear", "linear"), auto=False)
 register("linear", "cuda", *_cuda.torch_backend(linear_reference), auto=False)
+register("linear", "cpu", linear_packed, supports_packed)
