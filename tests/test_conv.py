@@ -198,3 +198,22 @@ def test_conv_transpose2x2_matches_fp64(target, B, C, K, H, W, bias, layout, req
 def test_conv_transpose2x2_bad_arguments(args, error, match):
     with pytest.raises(error, match=match):
         ops.conv_transpose2x2(*args())
+
+
+def test_cpu_backends_in_and_out_of_inference_mode():
+    """The cpu backends' per-weight copies and workspaces work whichever mode made them first (an inference
+    tensor cannot be written outside inference mode)."""
+    x, w, b = torch.randn(1, 8, 6, 6), torch.randn(8, 4, 2, 2), torch.randn(4)
+    w3, lw = torch.randn(4, 8, 3, 3), torch.randn(16, 8)
+    rows = torch.randn(200, 8)
+    calls = (lambda: ops.conv_transpose2x2(x, w, b), lambda: ops.conv3x3(x, w3), lambda: ops.linear(rows, lw))
+    refs = [F.conv_transpose2d(x, w, b, stride=2), F.conv2d(x, w3, padding=1), F.linear(rows, lw)]
+    conv._WORKSPACE.__dict__.pop("buf", None)
+    for first in (torch.inference_mode, torch.no_grad):
+        _cpu._DERIVED.clear()
+        with first():
+            [call() for call in calls]
+        for mode in (torch.no_grad, torch.inference_mode):
+            with mode():
+                for call, ref in zip(calls, refs):
+                    torch.testing.assert_close(call(), ref, rtol=1e-4, atol=1e-4)

@@ -103,6 +103,6 @@ def derived(weight: torch.Tensor, tag, make: Callable[[torch.Tensor], object]):
         entry = _DERIVED[ident] = (weakref.ref(weight, lambda _, ident=ident: _DERIVED.pop(ident, None)), {})
     hit = entry[1].get(tag)
     if hit is None or hit[0] != state:
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():  # usable in and out of inference mode
             hit = entry[1][tag] = (state, make(weight))
     return hit[1]

@@ -129,7 +129,8 @@ _WORKSPACE = threading.local()  # per thread: a fresh buffer this size would com
 def _workspace(numel: int) -> torch.Tensor:
     buf = getattr(_WORKSPACE, "buf", None)
     if buf is None or buf.numel() < numel:
-        buf = _WORKSPACE.buf = torch.empty(numel)
+        with torch.inference_mode(False):  # a normal tensor: written in and out of inference mode
+            buf = _WORKSPACE.buf = torch.empty(numel)
     return buf[:numel]
 
 
