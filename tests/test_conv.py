@@ -1,5 +1,5 @@
-"""The conv family on every backend registered for it (tests/_backends.py: ``cpu``): conv3x3 (Winograd F(4×4, 3×3))
-and conv_transpose2x2 (a GEMM) against fp64 references on fresh random inputs; the transformed-weight cache,
+"""The conv family on every backend registered for it (tests/_backends.py: ``cpu``): conv3x3 (Winograd F(4×4, 3×3)),
+conv1x1 and conv_transpose2x2 (GEMMs) against fp64 references on fresh random inputs; the transformed-weight cache,
 argument checks, the backend choice and its fallback, the op's fake implementation, and the model's modules."""
 from _interp import check_close, interpreter_env, randn, seed_for  # noqa: F401
 from _backends import targets
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import sam3lt.ops as ops
-from sam3lt.model.common import Conv3x3, ConvTranspose2x2
+from sam3lt.model.common import Conv1x1, Conv3x3, ConvTranspose2x2
 from sam3lt.ops import _backend, _cpu, conv
 
 # Winograd's bound, stated once: max|out − ref64| ≤ RTOL · max|ref64|. F(4×4, 3×3)'s transforms add and subtract
@@ -147,9 +147,10 @@ def test_conv3x3_missing_extension_falls_back_with_one_warning(monkeypatch):
 
 
 @pytest.mark.parametrize("ours, theirs, rtol", [
+    (lambda: Conv1x1(8, 12), lambda: torch.nn.Conv2d(8, 12, 1), 1e-5),
     (lambda: Conv3x3(8, 12), lambda: torch.nn.Conv2d(8, 12, 3, padding=1), RTOL),
     (lambda: ConvTranspose2x2(8, 6), lambda: torch.nn.ConvTranspose2d(8, 6, 2, stride=2), 1e-5),
-], ids=["Conv3x3", "ConvTranspose2x2"])
+], ids=["Conv1x1", "Conv3x3", "ConvTranspose2x2"])
 def test_model_modules_keep_keys_and_values(ours, theirs, rtol, no_grad):
     """The model's Conv3x3 / ConvTranspose2x2 are the nn modules (same parameters and state_dict keys) whose forward
     is the op; a weight updated in place is seen (its transformed copy is per weight version); backend="eager"
@@ -217,3 +218,28 @@ def test_cpu_backends_in_and_out_of_inference_mode():
             with mode():
                 for call, ref in zip(calls, refs):
                     torch.testing.assert_close(call(), ref, rtol=1e-4, atol=1e-4)
+
+
+# ---- conv1x1 (the cpu backend: ops.linear's packed GEMM over the pixels; maps under PACK_MIN_ROWS pixels: the reference)
+@pytest.mark.parametrize("target", targets("conv1x1"), indirect=True)
+@pytest.mark.parametrize("B, C, K, H, W", [(1, 64, 32, 12, 12), (2, 37, 5, 9, 9), (1, 16, 1, 16, 20), (1, 8, 4, 3, 3)],
+                         ids=lambda v: str(v))
+@pytest.mark.parametrize("layout", ["channels-last", "NCHW"])
+def test_conv1x1_matches_fp64(target, B, C, K, H, W, layout, request, no_grad):
+    gen = seed_for(request)
+    x = randn(gen, B, C, H, W, device="cpu")
+    if layout == "channels-last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = randn(gen, K, C, 1, 1, scale=C ** -0.5, device="cpu"), randn(gen, K, device="cpu")
+    out = ops.conv1x1(x, w, b, backend=target.backend)
+    check_close(out, ops.conv1x1_reference(x.double(), w.double(), b.double()), ops.conv1x1_reference(x, w, b),
+                torch.float32, (B, C, K, H, W, layout))
+
+
+def test_conv1x1_bad_arguments():
+    with pytest.raises(ValueError, match="weight must be"):
+        ops.conv1x1(torch.randn(1, 4, 5, 5), torch.randn(6, 4, 3, 3))
+    with pytest.raises(ValueError, match="bias must be"):
+        ops.conv1x1(torch.randn(1, 4, 5, 5), torch.randn(6, 4, 1, 1), torch.randn(4))
+    with pytest.raises(TypeError, match="bias dtype"):
+        ops.conv1x1(torch.randn(1, 4, 5, 5), torch.randn(6, 4, 1, 1), torch.randn(6).double())

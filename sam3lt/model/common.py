@@ -135,6 +135,21 @@ def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     return ops.linear(x, layer.weight, layer.bias)
 
 
+class Conv1x1(nn.Conv2d):
+    """``nn.Conv2d(c, k, 1)`` (same parameters and keys) run through ``ops.conv1x1``: on the CPU in fp32, MKL's GEMM
+    on the packed weight (the ``cpu`` backend). ``backend`` as in :class:`Conv3x3`."""
+
+    backend: str | None = None
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 1)
+
+    def forward(self, x):
+        if self.backend == "eager":  # the reference as is (see Conv3x3)
+            return ops.conv1x1_reference(x, self.weight, self.bias)
+        return ops.conv1x1(x, self.weight, self.bias, backend=self.backend)
+
+
 class Conv3x3(nn.Conv2d):
     """``nn.Conv2d(c, k, 3, padding=p)`` (same parameters and keys) run through ``ops.conv3x3``: on the CPU in
     fp32, Winograd F(4×4, 3×3) (the ``cpu`` backend). ``backend`` names one for this module's calls (None: the

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..ops.linear import writable
 from ..config import Sam3LiteTextConfig, Sam3LiteTextMaskDecoderConfig
-from .common import Attention, Conv3x3, DecoderMLP
+from .common import Attention, Conv1x1, Conv3x3, DecoderMLP
 
 
 class DotProductScoring(nn.Module):
@@ -73,8 +73,8 @@ class MaskDecoder(nn.Module):
         d = config.hidden_size
         self.pixel_decoder = PixelDecoder(config)
         self.mask_embedder = MaskEmbedder(d)
-        self.instance_projection = nn.Conv2d(d, d, kernel_size=1)
-        self.semantic_projection = nn.Conv2d(d, 1, kernel_size=1)
+        self.instance_projection = Conv1x1(d, d)
+        self.semantic_projection = Conv1x1(d, 1)
         self.prompt_cross_attn = Attention(d, config.num_attention_heads)
         self.prompt_cross_attn_norm = nn.LayerNorm(d)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..ops.linear import writable
 from ..config import Sam3ViTConfig, Sam3VisionConfig
-from .common import MLP, Conv3x3, ConvTranspose2x2, ModelOutputMixin, linear, sine_position_grid
+from .common import MLP, Conv1x1, Conv3x3, ConvTranspose2x2, ModelOutputMixin, linear, sine_position_grid
 from .fusion import prenorm_stack
 
 
@@ -151,7 +151,7 @@ class FPNLayer(nn.Module):
         elif scale_factor != 1.0:
             raise ValueError(f"scale_factors: {scale_factor} is not supported (expected 4, 2, 1 or 0.5)")
         self.scale_layers = nn.ModuleList(layers)
-        self.proj1 = nn.Conv2d(channels, fpn_dim, kernel_size=1)
+        self.proj1 = Conv1x1(channels, fpn_dim)
         self.proj2 = Conv3x3(fpn_dim, fpn_dim)
 
     def forward(self, x):

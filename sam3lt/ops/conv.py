@@ -1,5 +1,5 @@
-"""The FPN neck's and the pixel decoder's convolutions: ``conv3x3`` (3×3, stride 1) and ``conv_transpose2x2``
-(the neck's 2× upsampling: a 2×2 transposed convolution, stride 2).
+"""The FPN neck's and the mask decoder's convolutions: ``conv3x3`` (3×3, stride 1), ``conv1x1`` (the projections)
+and ``conv_transpose2x2`` (the neck's 2× upsampling: a 2×2 transposed convolution, stride 2).
 
 The eager references are ``F.conv2d`` / ``F.conv_transpose2d`` (oneDNN on the CPU, cuDNN on a GPU). The ``cpu``
 backends take fp32 CPU tensors:
@@ -8,6 +8,7 @@ backends take fp32 CPU tensors:
   tile transforms hand-written. Its error is ~1e-5 of the output's scale where the direct convolution's is
   ~2e-6 (Winograd's transforms add and subtract terms up to 8× the output; an fp64 reference in
   tests/test_conv.py). The transformed weight ``G g Gᵀ`` (36, C, K) is computed once per weight, in fp64.
+- ``conv1x1``: ``ops.linear``'s cpu GEMM (MKL on the packed weight) over the channels-last pixels.
 - ``conv_transpose2x2``: one GEMM, (pixels × C) @ (C × 4K) on MKL, then one pass that adds the bias while it
   scatters the four outputs of each pixel to their 2×2 places (channels-last). oneDNN runs this shape at
   ~200 GFLOP/s on 2 cores, MKL's GEMM at ~300 (bench/ops/bench_conv.py).
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 from . import _checks, _cpu
 from ._backend import define, dispatch, register
+from .linear import _MKL, packed_gemm
 
 # F(4x4, 3x3)'s weight transform (Lavin & Gray 2016, points 0, ±1, ±2, ∞); the data and output ones are in
 # csrc/cpu/winograd.cpp
@@ -165,9 +167,59 @@ def supports_gemm(x, weight, bias=None) -> str | None:
     return reason
 
 
+# ---------------------------------------------------------------- conv1x1
+
+def conv1x1_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Eager reference (the spec): ``F.conv2d(x, weight, bias)``. See :func:`conv1x1`."""
+    return F.conv2d(x, weight, bias)
+
+
+def check_1x1_args(x, weight, bias=None) -> None:
+    op = "conv1x1"
+    _checks.tensor(op, "x", x)
+    _checks.like(op, "x", x, (("x", x), ("weight", weight), ("bias", bias)), optional=("bias",))
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be (B, C, H, W), got {tuple(x.shape)}")
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (x.shape[1], 1, 1):
+        raise ValueError(f"{op}: weight must be (K, C, 1, 1) with C = x.shape[1] = {x.shape[1]}, got "
+                         f"{tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{op}: bias must be (K,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
+
+
+def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+            backend: str | None = None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias)`` for a 1×1 kernel: a GEMM over the pixels.
+
+    Args:
+        x: (B, C, H, W), any memory format. weight: (K, C, 1, 1). bias: (K,) or None. Same dtype and device.
+    Returns:
+        (B, K, H, W); the ``cpu`` backend returns it channels-last.
+    """
+    check_1x1_args(x, weight, bias)
+    return dispatch("conv1x1", backend, x, weight, bias)
+
+
+def conv1x1_gemm(x, weight, bias=None):
+    """The ``cpu`` backend: the pixels (channels-last rows) times the weight, on MKL's packing of it (``ops.linear``'s
+    cpu backend); maps of fewer than ``PACK_MIN_ROWS`` pixels run the reference."""
+    b, c, h, w = x.shape
+    k = weight.shape[0]
+    y = packed_gemm(x.permute(0, 2, 3, 1).reshape(b * h * w, c), weight, weight.view(k, c), bias)
+    return conv1x1_reference(x, weight, bias) if y is None else y.view(b, h, w, k).permute(0, 3, 1, 2)
+
+
+def supports_1x1(x, weight, bias=None) -> str | None:
+    return "this torch has no MKL" if not _MKL else _cpu.launch_reason((x, weight, bias), extension=False,
+                                                                        op="conv1x1")
+
+
 define("conv3x3", check_args)
 register("conv3x3", "eager", conv3x3_reference)
 register("conv3x3", "cpu", conv3x3_winograd, supports_winograd)
+define("conv1x1", check_1x1_args)
+register("conv1x1", "eager", conv1x1_reference)
+register("conv1x1", "cpu", conv1x1_gemm, supports_1x1)
 define("conv_transpose2x2", check_transpose_args)
 register("conv_transpose2x2", "eager", conv_transpose2x2_reference)
 register("conv_transpose2x2", "cpu", conv_transpose2x2_gemm, supports_gemm)

@@ -93,16 +93,26 @@ def linear_packed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """The ``cpu`` backend: MKL's sgemm on a weight packed once, then the reference's epilogue (in place)."""
     k, n = x.shape[-1], weight.shape[0]
     rows = x.numel() // k if k else 0
-    if rows < PACK_MIN_ROWS:
+    y = packed_gemm(x.reshape(rows, k), weight, weight, bias) if k else None
+    if y is None:
         return linear_reference(x, weight, bias, activation, residual)
-    packed_rows, packed, dense = _cpu.derived(weight, "mkl", lambda w: _pack(w, rows))
-    if packed is None or rows != packed_rows:
-        return linear_reference(x, weight, bias, activation, residual)
-    b = None if bias is None else bias.contiguous()
-    y = torch.ops.mkl._mkl_linear(x.reshape(rows, k).contiguous(), packed, dense, b, rows).view(*x.shape[:-1], n)
+    y = y.view(*x.shape[:-1], n)
     if activation is not None:
         y = _INPLACE[activation](y)
     return y if residual is None else y.add_(residual)
+
+
+def packed_gemm(rows: torch.Tensor, key: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """``rows @ weight.T + bias`` (rows: (M, K), weight: (N, K)) on MKL's packing of ``weight``, kept with ``key``
+    (the parameter ``weight`` is a view of, e.g. a 1×1 convolution's); None where it does not pack (fewer than
+    ``PACK_MIN_ROWS`` rows, or another row count than the one packed for)."""
+    m = rows.shape[0]
+    if m < PACK_MIN_ROWS:
+        return None
+    packed_rows, packed, dense = _cpu.derived(key, "mkl", lambda _: _pack(weight, m))
+    if packed is None or m != packed_rows:
+        return None
+    return torch.ops.mkl._mkl_linear(rows.contiguous(), packed, dense, None if bias is None else bias.contiguous(), m)
 
 
 def _pack(weight: torch.Tensor, rows: int) -> tuple:
