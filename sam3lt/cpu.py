@@ -15,9 +15,11 @@ elementwise ops) is spread thin. The CPU path changes those three and leaves eve
   their time. LayerNorms, GroupNorms, residuals and the mask product stay fp32. Everything in bf16 gave mask IoU
   0.9907 against fp32 eager on the bench model; bf16 GEMMs alone 0.9934; this scope 0.9937 at ~1.5x the speed of
   bf16 GEMMs alone.
-- ``precision="fp32"``: every ``F.linear`` runs as MKL's packed sgemm on weights packed once (``F.linear``
-  packs the weight inside every call), every convolution as oneDNN's packed convolution with a channels-last
-  output (the layout oneDNN runs fastest); equal to eager up to the last bits of rounding.
+- ``precision="fp32"``: the model as eager runs it on the CPU, whose ``cpu`` backend already packs: the ViT's
+  and the MLPs' GEMMs as MKL's sgemm on weights packed once (``F.linear`` packs the weight inside every call),
+  the 1×1 and 2×2-transposed convolutions as MKL GEMMs; no mode around the calls (the packing mode in fp32 cost
+  ~1.5% of a forward). The plan adds the allocator setting below. Outside the bf16 plan's scope the same holds
+  in bf16 plans, with the mode: every ``F.linear`` packed, every convolution oneDNN's packed one (channels-last).
 - fp32 3×3 convolutions (the FPN neck's, the pixel decoder's: ``Conv3x3`` modules) run as sam3lt's Winograd
   F(4×4, 3×3) (the ``cpu`` backend of :func:`sam3lt.ops.conv3x3`, as in eager), 2.5-3x oneDNN's direct one, at
   ~1e-5 of the output's scale; ``winograd=False`` runs them as oneDNN's. The neck's fp32 2×2 transposed
@@ -382,7 +384,7 @@ class CpuPlan:
     threads: int
     compiled: bool
     allocator: str = "malloc unchanged"
-    packed: bool = True  # False: dtype=torch.float32 asked for the model's own numerics (F.linear as it is)
+    packed: bool = True  # False: dtype=torch.float32 asked for the model's own numbers (eager, nothing routed)
     bf16_modules: tuple[str, ...] = ()  # precision "bf16": the submodules whose GEMMs, convolutions, attention run in bf16
     winograd: str = ""  # what the fp32 3×3 convolutions run (Winograd, or oneDNN and why); "" before optimize
 
@@ -391,9 +393,10 @@ class CpuPlan:
         scope = (f"bf16 GEMMs and convolutions (oneDNN, packed weights) in {', '.join(self.bf16_modules)}, "
                  f"attention in bf16; elsewhere {fp32}") if self.bf16_modules else f"{fp32} (bf16 in no module)"
         gemms = {"bf16": scope,
-                 "fp32": fp32}.get(self.precision, f"{self.precision} model")
+                 "fp32": "fp32, sam3lt's CPU kernels as eager runs them (MKL GEMMs on packed weights, GEMM 1×1 and "
+                         "2×2-transposed convolutions)"}.get(self.precision, f"{self.precision} model")
         if self.precision == "fp32" and not self.packed:
-            gemms = "fp32 GEMMs and convolutions (unpacked: dtype=float32 keeps the model's numerics)"
+            gemms = "fp32 as eager runs it (dtype=float32: the model's own numbers)"
         if self.winograd and self.precision in ("bf16", "fp32"):
             gemms += f"; fp32 3×3 convolutions: {self.winograd}"
         if self.compiled:
@@ -542,7 +545,7 @@ def optimize(model, *, precision: str = "auto", dtype: torch.dtype | None = None
     allocator = keep_freed_memory() if keep_memory else "malloc unchanged"
     if dtype is None or dtype == torch.float32:
         chosen = plan("fp32" if dtype == torch.float32 else precision, threads, compile, allocator)
-        if dtype == torch.float32:  # MKL's packed sgemm rounds differently in the last bits: not the model's numbers
+        if dtype == torch.float32:  # the model's own numbers: eager as it is (its convolutions not rerouted)
             chosen = dataclasses.replace(chosen, packed=False)
         model_dtype = torch.float32
     else:
@@ -562,13 +565,14 @@ def optimize(model, *, precision: str = "auto", dtype: torch.dtype | None = None
     fast.cpu_plan = chosen
     fast.gemms = None
     if model_dtype == torch.float32 and chosen.packed:
-        scope = ((), (), ())
         if chosen.precision == "bf16":
             modules = default_bf16_modules(model) if bf16_modules is None else tuple(bf16_modules)
             scope = bf16_scope(model, modules)  # after prepare: folding makes new tensors
             fast.cpu_plan = chosen = dataclasses.replace(chosen, bf16_modules=modules)
-        fast.gemms = PackedGemms(chosen.precision, [*model.parameters(), *model.buffers()], *scope[:2],
-                                 bf16_attention=bool(chosen.bf16_modules), activations=scope[2])
+            fast.gemms = PackedGemms("bf16", [*model.parameters(), *model.buffers()], *scope[:2],
+                                     bf16_attention=bool(modules), activations=scope[2])
+        # fp32: the cpu backend's kernels as eager runs them (MKL on packed weights, Winograd, GEMM convolutions),
+        # without a mode around every torch call (PackedGemms in fp32 cost ~1.5% of a forward over eager)
         routed = _route_convolutions(model, chosen.bf16_modules, winograd)
         fast.cpu_plan = chosen = dataclasses.replace(chosen, winograd=routed)
     if compile:
