@@ -16,8 +16,13 @@ def _merge_heads(out: torch.Tensor) -> torch.Tensor:
 
 def box_bias_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_y: torch.Tensor,
                                  bias_x: torch.Tensor) -> torch.Tensor:
-    """Eager reference (the spec): materialises the (B, heads, Lq, Hg·Wg) bias. See :func:`box_bias_attention`."""
-    bias = (bias_y.unsqueeze(-1) + bias_x.unsqueeze(-2)).flatten(-2).to(q.dtype)
+    """Eager reference (the spec): materialises the (B, heads, Lq, Hg·Wg) bias. See :func:`box_bias_attention`.
+
+    The bias is written contiguous (the same values): the sum of the box MLPs' permuted outputs otherwise takes
+    their heads-innermost layout, which SDPA copies (~0.7 ms per layer on 2 CPU cores at 336²)."""
+    y, x = bias_y.unsqueeze(-1), bias_x.unsqueeze(-2)
+    bias = torch.empty(torch.broadcast_shapes(y.shape, x.shape), dtype=torch.result_type(y, x), device=y.device)
+    bias = torch.add(y, x, out=bias).flatten(-2).to(q.dtype)
     return _merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
 
 
