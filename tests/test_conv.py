@@ -225,7 +225,9 @@ def test_cpu_backends_in_and_out_of_inference_mode():
 @pytest.mark.parametrize("B, C, K, H, W", [(1, 64, 32, 12, 12), (2, 37, 5, 9, 9), (1, 16, 1, 16, 20), (1, 8, 4, 3, 3)],
                          ids=lambda v: str(v))
 @pytest.mark.parametrize("layout", ["channels-last", "NCHW"])
-def test_conv1x1_matches_fp64(target, B, C, K, H, W, layout, request, no_grad):
+@pytest.mark.parametrize("gemm", [True, False], ids=["gemm", "onednn"])  # GEMM_1X1: chosen by the CPU's oneDNN ISA
+def test_conv1x1_matches_fp64(target, B, C, K, H, W, layout, gemm, request, no_grad, monkeypatch):
+    monkeypatch.setattr(conv, "GEMM_1X1", gemm)
     gen = seed_for(request)
     x = randn(gen, B, C, H, W, device="cpu")
     if layout == "channels-last":

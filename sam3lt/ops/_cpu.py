@@ -50,6 +50,14 @@ _load()
 set_missing_check("cpu", lambda: IMPORT_ERROR)
 
 
+def onednn_below_avx512() -> bool:
+    """Whether oneDNN runs below AVX-512 here: torch's CPU capability is not AVX512 (an AVX2 CPU), or
+    ``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA`` caps it at an AVX2 level. MKL's GEMMs are unaffected by that cap."""
+    isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return torch.backends.cpu.get_cpu_capability() != "AVX512" or isa in ("SSE41", "AVX", "AVX2", "AVX2_VNNI",
+                                                                          "AVX2_VNNI_2")
+
+
 _RULES = threading.local()  # rules(op, tensors) -> reason | None of the innermost decline() blocks
 
 

@@ -8,10 +8,11 @@ backends take fp32 CPU tensors:
   tile transforms hand-written. Its error is ~1e-5 of the output's scale where the direct convolution's is
   ~2e-6 (Winograd's transforms add and subtract terms up to 8× the output; an fp64 reference in
   tests/test_conv.py). The transformed weight ``G g Gᵀ`` (36, C, K) is computed once per weight, in fp64.
-- ``conv1x1``: ``ops.linear``'s cpu GEMM (MKL on the packed weight) over the channels-last pixels.
+- ``conv1x1``: ``ops.linear``'s cpu GEMM (MKL on the packed weight) over the channels-last pixels, where oneDNN
+  runs below AVX-512 (with AVX-512 oneDNN's own is faster: the reference runs).
 - ``conv_transpose2x2``: one GEMM, (pixels × C) @ (C × 4K) on MKL, then one pass that adds the bias while it
   scatters the four outputs of each pixel to their 2×2 places (channels-last). oneDNN runs this shape at
-  ~200 GFLOP/s on 2 cores, MKL's GEMM at ~300 (bench/ops/bench_conv.py).
+  ~200-260 GFLOP/s on 2 cores, MKL's GEMM at ~300 (bench/ops/bench_conv.py).
 
 A weight's transformed copy is kept until the weight changes (its version counter or storage).
 """
@@ -78,7 +79,8 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
 
 def conv3x3_winograd(x, weight, bias=None, padding=1):
     """The ``cpu`` backend: Winograd F(4×4, 3×3) (csrc/cpu/winograd.cpp)."""
-    return torch.ops.sam3lt_cpu.winograd_conv3x3.default(x, _cpu.derived(weight, "winograd", winograd_weight), bias, padding)
+    u = _cpu.derived(weight, "winograd", winograd_weight)
+    return torch.ops.sam3lt_cpu.winograd_conv3x3.default(x, u, bias, padding)
 
 
 def supports_winograd(x, weight, bias=None, padding=1) -> str | None:
@@ -150,7 +152,8 @@ def conv_transpose2x2_gemm(x, weight, bias=None):
     for n in range(b):
         for i in range(0, h, band):
             rows = min(band, h - i)
-            blocks = torch.mm(src[n, i:i + rows].reshape(rows * w, c), gemm_w, out=ws[:rows * w * 4 * k].view(rows * w, 4 * k))
+            pixels = src[n, i:i + rows].reshape(rows * w, c)
+            blocks = torch.mm(pixels, gemm_w, out=ws[:rows * w * 4 * k].view(rows * w, 4 * k))
             blocks = blocks.view(rows, w, 2, 2, k).permute(0, 2, 1, 3, 4)  # (row, di, col, dj, k)
             placed = out[n, 2 * i:2 * (i + rows)].view(rows, 2, w, 2, k)
             if bias is None:
@@ -200,9 +203,17 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     return dispatch("conv1x1", backend, x, weight, bias)
 
 
+# Measured (bench/ops/bench_conv.py, 96²×256, 2 cores): with AVX-512 oneDNN's 1×1 convolution on channels-last
+# input is ~12% faster than the GEMM, below AVX-512 (ONEDNN_MAX_CPU_ISA=AVX2) the GEMM, on MKL's AVX-512, wins
+GEMM_1X1 = _cpu.onednn_below_avx512()
+
+
 def conv1x1_gemm(x, weight, bias=None):
     """The ``cpu`` backend: the pixels (channels-last rows) times the weight, on MKL's packing of it (``ops.linear``'s
-    cpu backend); maps of fewer than ``PACK_MIN_ROWS`` pixels run the reference."""
+    cpu backend), where oneDNN runs below AVX-512 (``GEMM_1X1``); elsewhere, and on maps of fewer than
+    ``PACK_MIN_ROWS`` pixels, the reference (oneDNN)."""
+    if not GEMM_1X1:
+        return conv1x1_reference(x, weight, bias)
     b, c, h, w = x.shape
     k = weight.shape[0]
     y = packed_gemm(x.permute(0, 2, 3, 1).reshape(b * h * w, c), weight, weight.view(k, c), bias)
