@@ -21,8 +21,12 @@ def box_bias_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     The bias is written contiguous (the same values): the sum of the box MLPs' permuted outputs otherwise takes
     their heads-innermost layout, which SDPA copies (~0.7 ms per layer on 2 CPU cores at 336²)."""
     y, x = bias_y.unsqueeze(-1), bias_x.unsqueeze(-2)
-    bias = torch.empty(torch.broadcast_shapes(y.shape, x.shape), dtype=torch.result_type(y, x), device=y.device)
-    bias = torch.add(y, x, out=bias).flatten(-2).to(q.dtype)
+    if y.dtype != x.dtype or torch.compiler.is_compiling():  # the compiler picks the layout itself
+        bias = y + x
+    else:
+        bias = torch.add(y, x, out=torch.empty(torch.broadcast_shapes(y.shape, x.shape), dtype=y.dtype,
+                                               device=y.device))
+    bias = bias.flatten(-2).to(q.dtype)
     return _merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
 
 
