@@ -54,16 +54,21 @@ def _direct_flops(taps):
     return lambda a: 2 * a[1].shape[0] * a[1].shape[1] * taps * a[0].shape[-1] * a[0].shape[-2]
 
 
+def _output_bytes(per_input_pixel):
+    # inputs once plus the output: K·(taps per input pixel: 1, or 4 for the transposed) values per input pixel
+    return lambda a: nbytes(*a[:3]) + per_input_pixel(a) * a[0].shape[-1] * a[0].shape[-2] * a[0].element_size()
+
+
 def cases(size: str) -> list[Case]:
     fine, vit = SIZES[size][0], VIT_GRID[size]
     return [Case("conv", "conv1x1", "FPN finest level's projection (1×1)", f"1×{CHANNELS}×{fine}², {CHANNELS}→{CHANNELS}",
-                 _make_other(CHANNELS, CHANNELS, 1, fine), _direct_flops(1),
-                 lambda a: nbytes(*a) + a[1].shape[0] * a[0].shape[-1] ** 2 * a[0].element_size(), sizes=(size,)),
+                 _make_other(CHANNELS, CHANNELS, 1, fine), _direct_flops(1), _output_bytes(lambda a: a[1].shape[0]),
+                 sizes=(size,)),
             Case("conv", "conv_transpose2x2", "FPN 2× upsampling (2×2 transposed, stride 2)", f"1×1024×{vit}² → 512",
-                 _make_other(1024, 512, 4, vit), _direct_flops(4),
-                 lambda a: nbytes(*a) + 4 * a[1].shape[1] * a[0].shape[-1] ** 2 * a[0].element_size(), sizes=(size,)),
+                 _make_other(1024, 512, 4, vit), _direct_flops(4), _output_bytes(lambda a: 4 * a[1].shape[1]),
+                 sizes=(size,)),
             *(Case("conv", "conv3x3", f"FPN / pixel decoder 3×3 convolution, level {i}",
                    f"1×{CHANNELS}×{grid}², {CHANNELS}×{CHANNELS}×3×3", _make(grid), _direct_flops(9),
-                   lambda a: nbytes(*a[:3]) + a[1].shape[0] * a[0].shape[-1] * a[0].shape[-2] * a[0].element_size(),
+                   _output_bytes(lambda a: a[1].shape[0]),
                    [Baseline("nnpack", _nnpack, "NNPACK's Winograd F(6x6, 3x3)", _nnpack_reason)], sizes=(size,))
               for i, grid in enumerate(SIZES[size]))]

@@ -34,10 +34,12 @@ def _load() -> None:
     try:
         module = importlib.import_module("sam3lt._cpu")
     except ModuleNotFoundError:
-        IMPORT_ERROR = f"the CPU extension sam3lt._cpu is not built (SAM3LT_SKIP_CPU_BUILD, or no torch at install); {_REBUILD}"
+        IMPORT_ERROR = ("the CPU extension sam3lt._cpu is not built (SAM3LT_SKIP_CPU_BUILD, or no torch at install); "
+                        + _REBUILD)
         return
     except Exception as exc:  # ImportError (undefined symbol: built against another torch), OSError, ...
-        IMPORT_ERROR = f"the CPU extension sam3lt._cpu failed to import: {str(exc).splitlines()[0] if str(exc) else exc!r}; {_REBUILD}"
+        first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        IMPORT_ERROR = f"the CPU extension sam3lt._cpu failed to import: {first}; {_REBUILD}"
         return
     built_for = getattr(module, "__torch_version__", "unknown")
     if built_for not in ("unknown", torch.__version__):

@@ -52,7 +52,8 @@ def check_args(x, weight, bias=None, padding=1) -> None:
         raise ValueError(f"{op}: bias must be (K,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
     _checks.integer(op, "padding", padding, minimum=0)
     if min(x.shape[2], x.shape[3]) + 2 * padding < 3:
-        raise ValueError(f"{op}: the input {tuple(x.shape[2:])} with padding {padding} is smaller than the 3×3 kernel")
+        raise ValueError(f"{op}: the input {tuple(x.shape[2:])} with padding {padding} is smaller than the 3×3 "
+                         "kernel")
 
 
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 1,
@@ -89,8 +90,10 @@ def supports_winograd(x, weight, bias=None, padding=1) -> str | None:
 
 # ---------------------------------------------------------------- conv_transpose2x2
 
-def conv_transpose2x2_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Eager reference (the spec): ``F.conv_transpose2d(x, weight, bias, stride=2)``. See :func:`conv_transpose2x2`."""
+def conv_transpose2x2_reference(x: torch.Tensor, weight: torch.Tensor,
+                                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Eager reference (the spec): ``F.conv_transpose2d(x, weight, bias, stride=2)``. See
+    :func:`conv_transpose2x2`."""
     return F.conv_transpose2d(x, weight, bias, stride=2)
 
 
@@ -122,7 +125,7 @@ def conv_transpose2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 
 def gemm_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(C, K, 2, 2) -> (C, 4K), columns ordered (di, dj, k): a pixel's row of the GEMM is its 2×2 block, channels-last."""
+    """(C, K, 2, 2) -> (C, 4K), columns ordered (di, dj, k): a pixel's GEMM row is its 2×2 block, channels-last."""
     return weight.detach().permute(0, 2, 3, 1).reshape(weight.shape[0], -1).contiguous()
 
 
