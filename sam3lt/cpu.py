@@ -205,20 +205,23 @@ class PackedGemms(TorchFunctionMode):
         self._packed: dict[tuple, tuple] = {}
         self.unpacked = 0  # F.linear calls that ran unpacked (counted, for tests and benchmarks)
         self.convolutions = _PACKED_CONVOLUTIONS  # oneDNN's packed convolutions; False: torch's own run them
+        self._declined: list = []  # the decline() blocks of the entries in force
 
     def __enter__(self):
         # the GEMMs on frozen weights are this mode's: ops.linear's cpu backend (MKL on packed weights, as here)
-        # steps aside for them, so that the bf16 scope runs in bf16 and every GEMM is counted here
-        self._declined = _cpu.decline(lambda op, tensors: "sam3lt.cpu.PackedGemms runs it" if op == "linear" and any(
+        # steps aside for them, so that the bf16 scope runs in bf16 and every GEMM is counted here (a stack:
+        # the same mode may be entered again inside itself)
+        declined = _cpu.decline(lambda op, tensors: "sam3lt.cpu.PackedGemms runs it" if op == "linear" and any(
             t.untyped_storage().data_ptr() in self._storages for t in tensors[1:2]) else None)
-        self._declined.__enter__()
+        declined.__enter__()
+        self._declined.append(declined)
         return super().__enter__()
 
     def __exit__(self, *exc):
         try:
             return super().__exit__(*exc)
         finally:
-            self._declined.__exit__(*exc)
+            self._declined.pop().__exit__(*exc)
 
     def _in_bf16(self, w: torch.Tensor) -> bool:
         return w.untyped_storage().data_ptr() in self._bf16_storages

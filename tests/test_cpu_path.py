@@ -395,3 +395,21 @@ def test_linear_reference_in_place_epilogue_is_bitwise_out_of_place(activation, 
     w.grad = None
     out_of_place(x, w, b).sum().backward()
     assert torch.equal(grad, w.grad)
+
+
+def test_packed_gemms_decline_the_cpu_linear_for_their_weights_only_inside():
+    """Inside the mode (entered once or nested) ops.linear's cpu backend steps aside for the mode's frozen weights,
+    and nothing of it stays behind after the last exit."""
+    from sam3lt import ops
+
+    w, other = torch.randn(8, 16), torch.randn(8, 16)
+    x = torch.randn(200, 16)
+    mode = cpu.PackedGemms("fp32", [w])
+    with torch.no_grad():
+        assert ops.explain("linear", x, w)["cpu"] == "runs"
+        with mode:
+            with mode:
+                assert "PackedGemms" in ops.explain("linear", x, w)["cpu"]
+            assert "PackedGemms" in ops.explain("linear", x, w)["cpu"]
+            assert ops.explain("linear", x, other)["cpu"] == "runs"
+        assert ops.explain("linear", x, w)["cpu"] == "runs" and not getattr(_cpu._RULES, "stack", [])
