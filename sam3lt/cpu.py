@@ -135,10 +135,10 @@ def _route_convolutions(model, bf16_modules: tuple[str, ...], winograd: bool) ->
     ``winograd=False``, every Conv3x3) to their eager reference (``F.conv2d`` / ``F.conv_transpose2d``, which the
     plan runs as oneDNN's packed convolutions, bf16 or fp32); the others keep ``auto`` (the ``cpu`` backend on
     fp32: Winograd, MKL GEMMs). Returns what the fp32 3×3 ones run, in words."""
-    from .model.common import Conv1x1, Conv3x3, ConvTranspose2x2
+    from .model.common import Conv3x3, OpConvolution
 
     for name, m in model.named_modules():
-        if isinstance(m, (Conv1x1, Conv3x3, ConvTranspose2x2)):
+        if isinstance(m, OpConvolution):
             in_bf16 = any(name == s or name.startswith(s + ".") for s in bf16_modules)
             m.backend = "eager" if in_bf16 or (isinstance(m, Conv3x3) and not winograd) else None
     if not winograd:

@@ -135,50 +135,52 @@ def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     return ops.linear(x, layer.weight, layer.bias)
 
 
-class Conv1x1(nn.Conv2d):
-    """``nn.Conv2d(c, k, 1)`` (same parameters and keys) run through ``ops.conv1x1``: on the CPU in fp32, MKL's GEMM
-    on the packed weight (the ``cpu`` backend). ``backend`` as in :class:`Conv3x3`."""
+class OpConvolution:
+    """A convolution module (same parameters and keys as its nn class) whose forward is an op of ``sam3lt.ops``'s
+    conv family, ``op(x, weight, bias, *extra)``: on the CPU in fp32 the ``cpu`` backend. ``backend`` names one for
+    this module's calls (None: the usual choice); "eager" runs the reference as is, without the op's checks:
+    ``sam3lt.optimize`` sets it where its bf16 plan runs the convolution in bf16, on bf16 inputs and fp32 weights."""
 
     backend: str | None = None
+    op = reference = None  # the op and its reference (staticmethods of the subclass)
+
+    def extra(self) -> tuple:
+        return ()
+
+    def forward(self, x):
+        if self.backend == "eager":
+            return self.reference(x, self.weight, self.bias, *self.extra())
+        return self.op(x, self.weight, self.bias, *self.extra(), backend=self.backend)
+
+
+class Conv1x1(OpConvolution, nn.Conv2d):
+    """``nn.Conv2d(c, k, 1)`` as ``ops.conv1x1`` (the cpu backend: MKL's GEMM on the packed weight, below AVX-512)."""
+
+    op, reference = staticmethod(ops.conv1x1), staticmethod(ops.conv1x1_reference)
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 1)
 
-    def forward(self, x):
-        if self.backend == "eager":  # the reference as is (see Conv3x3)
-            return ops.conv1x1_reference(x, self.weight, self.bias)
-        return ops.conv1x1(x, self.weight, self.bias, backend=self.backend)
 
+class Conv3x3(OpConvolution, nn.Conv2d):
+    """``nn.Conv2d(c, k, 3, padding=p)`` as ``ops.conv3x3`` (the cpu backend: Winograd F(4×4, 3×3))."""
 
-class Conv3x3(nn.Conv2d):
-    """``nn.Conv2d(c, k, 3, padding=p)`` (same parameters and keys) run through ``ops.conv3x3``: on the CPU in
-    fp32, Winograd F(4×4, 3×3) (the ``cpu`` backend). ``backend`` names one for this module's calls (None: the
-    usual choice; ``sam3lt.optimize`` sets "eager" where its plan runs the convolution in bf16)."""
-
-    backend: str | None = None
+    op, reference = staticmethod(ops.conv3x3), staticmethod(ops.conv3x3_reference)
 
     def __init__(self, in_channels: int, out_channels: int, padding: int = 1):
         super().__init__(in_channels, out_channels, 3, padding=padding)
 
-    def forward(self, x):
-        if self.backend == "eager":  # the reference as is: the bf16 plan hands it bf16 inputs on fp32 weights
-            return ops.conv3x3_reference(x, self.weight, self.bias, self.padding[0])
-        return ops.conv3x3(x, self.weight, self.bias, self.padding[0], backend=self.backend)
+    def extra(self) -> tuple:
+        return (self.padding[0],)
 
 
-class ConvTranspose2x2(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d(c, k, 2, stride=2)`` (same parameters and keys) run through ``ops.conv_transpose2x2``: on
-    the CPU in fp32, one GEMM (the ``cpu`` backend). ``backend`` as in :class:`Conv3x3`."""
+class ConvTranspose2x2(OpConvolution, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d(c, k, 2, stride=2)`` as ``ops.conv_transpose2x2`` (the cpu backend: one GEMM)."""
 
-    backend: str | None = None
+    op, reference = staticmethod(ops.conv_transpose2x2), staticmethod(ops.conv_transpose2x2_reference)
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 2, stride=2)
-
-    def forward(self, x):
-        if self.backend == "eager":  # the reference as is (see Conv3x3)
-            return ops.conv_transpose2x2_reference(x, self.weight, self.bias)
-        return ops.conv_transpose2x2(x, self.weight, self.bias, backend=self.backend)
 
 
 class MLP(nn.Module):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import _checks, _cpu
 from ._backend import define, dispatch, register
-from .linear import _MKL, packed_gemm
+from .linear import mkl_reason, packed_gemm
 
 # F(4x4, 3x3)'s weight transform (Lavin & Gray 2016, points 0, ±1, ±2, ∞); the data and output ones are in
 # csrc/cpu/winograd.cpp
@@ -39,17 +39,26 @@ def conv3x3_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return F.conv2d(x, weight, bias, padding=padding)
 
 
-def check_args(x, weight, bias=None, padding=1) -> None:
-    op = "conv3x3"
+def _check_convolution(op: str, x, weight, bias, kernel: int, layout: str = "KC") -> None:
+    """The checks the family shares: x (B, C, H, W); weight 4-D with C = x.shape[1] at ``layout``'s place ("KC":
+    (K, C, k, k), a convolution's; "CK": (C, K, k, k), a transposed one's); bias (K,) or None; one dtype, one
+    device."""
     _checks.tensor(op, "x", x)
     _checks.like(op, "x", x, (("x", x), ("weight", weight), ("bias", bias)), optional=("bias",))
     if x.dim() != 4:
         raise ValueError(f"{op}: x must be (B, C, H, W), got {tuple(x.shape)}")
-    if weight.dim() != 4 or tuple(weight.shape[1:]) != (x.shape[1], 3, 3):
-        raise ValueError(f"{op}: weight must be (K, C, 3, 3) with C = x.shape[1] = {x.shape[1]}, got "
-                         f"{tuple(weight.shape)}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"{op}: bias must be (K,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if (weight.dim() != 4 or weight.shape[layout.index("C")] != x.shape[1]
+            or tuple(weight.shape[2:]) != (kernel, kernel)):
+        raise ValueError(f"{op}: weight must be ({', '.join(layout)}, {kernel}, {kernel}) with C = x.shape[1] = "
+                         f"{x.shape[1]}, got {tuple(weight.shape)}")
+    k = weight.shape[layout.index("K")]
+    if bias is not None and tuple(bias.shape) != (k,):
+        raise ValueError(f"{op}: bias must be (K,) = ({k},), got {tuple(bias.shape)}")
+
+
+def check_args(x, weight, bias=None, padding=1) -> None:
+    op = "conv3x3"
+    _check_convolution(op, x, weight, bias, 3)
     _checks.integer(op, "padding", padding, minimum=0)
     if min(x.shape[2], x.shape[3]) + 2 * padding < 3:
         raise ValueError(f"{op}: the input {tuple(x.shape[2:])} with padding {padding} is smaller than the 3×3 "
@@ -98,16 +107,7 @@ def conv_transpose2x2_reference(x: torch.Tensor, weight: torch.Tensor,
 
 
 def check_transpose_args(x, weight, bias=None) -> None:
-    op = "conv_transpose2x2"
-    _checks.tensor(op, "x", x)
-    _checks.like(op, "x", x, (("x", x), ("weight", weight), ("bias", bias)), optional=("bias",))
-    if x.dim() != 4:
-        raise ValueError(f"{op}: x must be (B, C, H, W), got {tuple(x.shape)}")
-    if weight.dim() != 4 or weight.shape[0] != x.shape[1] or tuple(weight.shape[2:]) != (2, 2):
-        raise ValueError(f"{op}: weight must be (C, K, 2, 2) with C = x.shape[1] = {x.shape[1]}, got "
-                         f"{tuple(weight.shape)}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[1],):
-        raise ValueError(f"{op}: bias must be (K,) = ({weight.shape[1]},), got {tuple(bias.shape)}")
+    _check_convolution("conv_transpose2x2", x, weight, bias, 2, layout="CK")
 
 
 def conv_transpose2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -181,16 +181,7 @@ def conv1x1_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 
 def check_1x1_args(x, weight, bias=None) -> None:
-    op = "conv1x1"
-    _checks.tensor(op, "x", x)
-    _checks.like(op, "x", x, (("x", x), ("weight", weight), ("bias", bias)), optional=("bias",))
-    if x.dim() != 4:
-        raise ValueError(f"{op}: x must be (B, C, H, W), got {tuple(x.shape)}")
-    if weight.dim() != 4 or tuple(weight.shape[1:]) != (x.shape[1], 1, 1):
-        raise ValueError(f"{op}: weight must be (K, C, 1, 1) with C = x.shape[1] = {x.shape[1]}, got "
-                         f"{tuple(weight.shape)}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"{op}: bias must be (K,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
+    _check_convolution("conv1x1", x, weight, bias, 1)
 
 
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -224,8 +215,7 @@ def conv1x1_gemm(x, weight, bias=None):
 
 
 def supports_1x1(x, weight, bias=None) -> str | None:
-    return "this torch has no MKL" if not _MKL else _cpu.launch_reason((x, weight, bias), extension=False,
-                                                                        op="conv1x1")
+    return mkl_reason("conv1x1", (x, weight, bias))
 
 
 define("conv3x3", check_args)

@@ -126,9 +126,13 @@ def _pack(weight: torch.Tensor, rows: int) -> tuple:
 _MKL = torch.backends.mkl.is_available()
 
 
+def mkl_reason(op: str, tensors) -> str | None:
+    """Why the cpu backend's MKL GEMMs (:func:`packed_gemm`) cannot run ``op`` on these tensors, or None."""
+    return "this torch has no MKL" if not _MKL else _cpu.launch_reason(tensors, extension=False, op=op)
+
+
 def supports_packed(x, weight, bias=None, activation=None, residual=None) -> str | None:
-    return "this torch has no MKL" if not _MKL else _cpu.launch_reason((x, weight, bias, residual), extension=False,
-                                                                        op="linear")
+    return mkl_reason("linear", (x, weight, bias, residual))
 
 
 # The Triton GEMM and the cuda backend (cuBLAS through the reference) run only when named (auto=False): under auto
