@@ -116,3 +116,45 @@ def derived(weight: torch.Tensor, tag, make: Callable[[torch.Tensor], object]):
         with torch.inference_mode(False), torch.no_grad():  # usable in and out of inference mode
             hit = entry[1][tag] = (state, make(weight))
     return hit[1]
+
+
+# Keys per query where the CPU attention kernel was measured faster than torch's CPU flash attention (2 cores:
+# 576 keys 1.15-1.25x; 201 queries x 576 keys with the box bias 1.7x). With fewer keys its per-task GEMMs are too
+# small, with more the block of scores kept in L2 holds too few rows (1,296 keys: 0.9x): there auto runs SDPA.
+ATTENTION_KEYS = (64, 1024)
+
+
+def attention_reason(op: str, tensors) -> str | None:
+    """Why :func:`attention` cannot run ``op`` on these tensors, or None."""
+    reason = launch_reason(tensors, op=op)
+    if reason is None and not _attention_available():
+        reason = "this torch's MKL does not export sgemm / vmsExp (the CPU attention kernel's GEMM and exp)"
+    return reason
+
+
+def attention_evidence(keys: int):
+    """The auto order for an attention op on CPU inputs with ``keys`` keys per query (``CPU_EVIDENCE``)."""
+    low, high = ATTENTION_KEYS
+    if low <= keys <= high:
+        return None
+    return (f"{keys} keys per query: the cpu attention kernel was measured faster than SDPA at {low} to {high} "
+            "keys only", ("eager", "cuda", "triton", "cpu"))
+
+
+def _attention_available() -> bool:
+    global _ATTENTION
+    if _ATTENTION is None:
+        _ATTENTION = EXT is not None and bool(torch.ops.sam3lt_cpu.attention_available())
+    return _ATTENTION
+
+
+_ATTENTION: bool | None = None
+
+
+def attention(q, k, v, bias_y=None, bias_x=None, key_mask=None) -> torch.Tensor:
+    """``softmax(q·kᵀ·D^-½ + bias) · v`` for fp32 CPU (B, heads, L, D) q, k, v (any strides, last dim contiguous):
+    (B, Lq, heads, D), heads merged in memory. bias: ``bias_y[..., y] + bias_x[..., x]`` at key ``y·Wg + x``;
+    key_mask (B, Lk) bool, True = attend (no valid key: zeros). csrc/cpu/attention.cpp."""
+    q, k, v = (t if t.stride(-1) == 1 and (t.stride(2) >= t.shape[-1] or t.shape[2] == 1) else t.contiguous()
+               for t in (q, k, v))
+    return torch.ops.sam3lt_cpu.attention(q, k, v, q.shape[-1] ** -0.5, bias_y, bias_x, key_mask)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _checks, _cuda, _triton
+from . import _checks, _cpu, _cuda, _triton, _tuning
 from ._backend import define, dispatch, register
 
 
@@ -120,12 +120,29 @@ def _cuda_box_bias_attention(q, k, v, bias_y, bias_x):
     return _cuda_limits(q, k, (q, k, v, bias_y, bias_x))
 
 
+def box_bias_attention_cpu(q, k, v, bias_y, bias_x):
+    """The ``cpu`` backend: sam3lt's CPU attention kernel, the bias added per key from its two factors."""
+    return _cpu.attention(q, k, v, bias_y=bias_y, bias_x=bias_x).flatten(2)
+
+
+def masked_attention_cpu(q, k, v, key_padding_mask=None):
+    """The ``cpu`` backend: sam3lt's CPU attention kernel (masked keys at -inf; none valid: zeros)."""
+    mask = None if key_padding_mask is None else key_padding_mask.to(torch.bool)
+    return _cpu.attention(q, k, v, key_mask=mask).flatten(2)
+
+
 define("box_bias_attention", check_box_bias_attention)
 register("box_bias_attention", "eager", box_bias_attention_reference)
 register("box_bias_attention", "triton", *_triton.backend("box_bias_attention", "cross_attention"))
 register("box_bias_attention", "cuda", *_cuda.backend("box_bias_attention", _cuda_box_bias_attention))
+register("box_bias_attention", "cpu", box_bias_attention_cpu, lambda q, k, v, bias_y, bias_x: _cpu.attention_reason(
+    "box_bias_attention", (q, k, v, bias_y, bias_x)))
 define("masked_attention", check_masked_attention)
 register("masked_attention", "eager", masked_attention_reference)
 register("masked_attention", "triton", *_triton.backend("masked_attention", "cross_attention"))
 register("masked_attention", "cuda", *_cuda.backend(
     "masked_attention", lambda q, k, v, key_padding_mask=None: _cuda_limits(q, k, (q, k, v))))
+register("masked_attention", "cpu", masked_attention_cpu, lambda q, k, v, key_padding_mask=None: _cpu.attention_reason(
+    "masked_attention", (q, k, v)))
+for _op in ("box_bias_attention", "masked_attention"):
+    _tuning.CPU_EVIDENCE[_op] = lambda args: _cpu.attention_evidence(args[1].shape[2])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _checks, _cuda, _triton
+from . import _checks, _cpu, _cuda, _triton, _tuning
 from ._backend import define, dispatch, register
 from .linear import writable
 
@@ -44,8 +44,10 @@ def _paired(table: torch.Tensor) -> bool:
 
 
 def window_attention_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int,
-                               window_size: int, pad_value: torch.Tensor | None) -> torch.Tensor:
-    """Eager reference (the spec). See :func:`window_attention`."""
+                               window_size: int, pad_value: torch.Tensor | None, attend=F.scaled_dot_product_attention
+                               ) -> torch.Tensor:
+    """Eager reference (the spec). See :func:`window_attention`. ``attend(q, k, v)``: the attention of the
+    (N, heads, T, D) windows, torch's SDPA in the spec (the cpu backend passes its own kernel)."""
     batch, height, width, three_c = qkv.shape
     channels = three_c // 3
     head_dim = channels // num_heads
@@ -72,7 +74,7 @@ def window_attention_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.
     tokens = qkv.shape[1]
     q, k, v = qkv.view(qkv.shape[0], tokens, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, T, D), scale D**-0.5
+    out = attend(q, k, v)  # (N, heads, T, D), scale D**-0.5
     if window_size == 0:
         return out.transpose(1, 2).reshape(batch, height, width, channels)
     # merge heads and unpartition in one copy: (B, nH, nW, heads, ws, ws, D) -> (B, nH, ws, nW, ws, heads, D)
@@ -133,7 +135,27 @@ def _cuda_supports(qkv, cos, sin, num_heads, window_size, pad_value=None):
             or _cuda.fits_int32(cos.shape[0], batch * num_heads, three_c, height, width))
 
 
+def window_attention_cpu(qkv, cos, sin, num_heads, window_size, pad_value=None):
+    """The ``cpu`` backend: the reference with sam3lt's CPU attention kernel for torch's SDPA."""
+    return window_attention_reference(qkv, cos, sin, num_heads, window_size, pad_value, _cpu_attend)
+
+
+def _cpu_attend(q, k, v):
+    return _cpu.attention(q, k, v).transpose(1, 2)  # the kernel's (N, T, heads, D) as (N, heads, T, D)
+
+
+def _cpu_supports(qkv, cos, sin, num_heads, window_size, pad_value=None):
+    return _cpu.attention_reason("window_attention", (qkv, cos, sin, pad_value))
+
+
+def _cpu_evidence(args):
+    qkv, window_size = args[0], args[4]
+    return _cpu.attention_evidence(window_size * window_size if window_size > 0 else qkv.shape[1] * qkv.shape[2])
+
+
 define("window_attention", check_args)
 register("window_attention", "eager", window_attention_reference)
 register("window_attention", "triton", *_triton.backend("window_attention", "window_attention"))
 register("window_attention", "cuda", *_cuda.backend("window_attention", _cuda_supports))
+register("window_attention", "cpu", window_attention_cpu, _cpu_supports)
+_tuning.CPU_EVIDENCE["window_attention"] = _cpu_evidence

@@ -1,0 +1,100 @@
+"""The cpu backend's attention kernel (csrc/cpu/attention.cpp, ``torch.ops.sam3lt_cpu.attention``) beyond the family
+tests (test_window_attention.py / test_cross_attention.py run it on their cases): the model's sizes against fp64,
+the op's fake implementation and errors, and auto's choice by the number of keys."""
+import pytest
+import torch
+
+import sam3lt.ops as ops
+from sam3lt.ops import _cpu
+
+pytestmark = pytest.mark.skipif(_cpu.IMPORT_ERROR is not None, reason=str(_cpu.IMPORT_ERROR))
+TOL = 2e-5  # fp32 against fp64, relative to the output's scale (measured ~4e-6 at 576 keys)
+
+
+def _qkv(B, heads, Lq, Lk, D, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(B, Lq, 3, heads, D, generator=gen)  # q a strided view of a fused projection, as in the ViT
+    q = qkv[:, :, 0].transpose(1, 2)
+    k, v = (torch.randn(B, Lk, heads, D, generator=gen).transpose(1, 2) for _ in range(2))
+    return q, k, v
+
+
+def _close(out, ref):
+    err = (out.double() - ref).abs().max().item()
+    assert err <= TOL * ref.abs().max().item(), err
+
+
+@pytest.mark.parametrize("B, heads, Lq, Lk, D", [(1, 16, 576, 576, 64), (2, 8, 201, 576, 32), (1, 3, 300, 1100, 16)])
+def test_model_sizes_match_fp64(B, heads, Lq, Lk, D):
+    """Several blocks of query rows per head (the last one short) and keys over a GEMM's tile."""
+    q, k, v = _qkv(B, heads, Lq, Lk, D)
+    with torch.no_grad():
+        out = _cpu.attention(q, k, v)
+        ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    assert out.shape == (B, Lq, heads, D) and out.is_contiguous()
+    _close(out, ref.transpose(1, 2))
+
+
+def test_box_bias_at_model_size_matches_fp64():
+    q, k, v = _qkv(1, 8, 201, 24 * 24, 32, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    by, bx = (torch.randn(1, 8, 201, 24, generator=gen) * 3 for _ in range(2))
+    with torch.no_grad():
+        out = ops.box_bias_attention(q, k, v, by, bx, backend="cpu")
+        ref = ops.box_bias_attention_reference(q.double(), k.double(), v.double(), by.double(), bx.double())
+    _close(out, ref)
+
+
+def test_fake_implementation_and_opcheck():
+    q, k, v = _qkv(2, 3, 7, 70, 8)
+    op = torch.ops.sam3lt_cpu.attention.default
+    meta = op(*(t.to("meta") for t in (q, k, v)), 0.5)
+    assert meta.shape == (2, 7, 3, 8)
+    mask = torch.rand(2, 70) > 0.3
+    torch.library.opcheck(op, (q, k, v, 8 ** -0.5, None, None, mask))
+    torch.library.opcheck(op, (q, k, v, 8 ** -0.5, torch.randn(2, 3, 7, 7), torch.randn(2, 3, 7, 10), None))
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda q, k, v: (q, k, v[:, :, :5]), "same length"),
+    (lambda q, k, v: (q.double(), k, v), "float32"),
+    (lambda q, k, v: (q, k[:, :1], v), "expected"),
+    (lambda q, k, v: (q, k, v, None, torch.randn(1, 2, 4, 6)), "come together"),
+    (lambda q, k, v: (q, k, v, torch.randn(1, 2, 4, 2), torch.randn(1, 2, 4, 5)), "Hg \\* Wg"),
+    (lambda q, k, v: (q, k, v, torch.randn(1, 2, 4, 2), torch.randn(1, 2, 4, 3), torch.ones(1, 6, dtype=torch.bool)),
+     "not both"),
+    (lambda q, k, v: (q, k, v, None, None, torch.ones(1, 6)), "key_mask must be a Bool"),
+    (lambda q, k, v: (q, k[..., :1, :].expand(1, 2, 6, 8), v), "overlap"),
+])
+def test_kernel_errors_name_the_argument(change, match):
+    q, k, v = (torch.randn(1, 2, L, 8) for L in (4, 6, 6))
+    args = change(q, k, v)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.sam3lt_cpu.attention(*args[:3], 8 ** -0.5, *args[3:])
+
+
+def test_auto_runs_the_kernel_where_it_was_measured_faster():
+    low, high = _cpu.ATTENTION_KEYS
+    with torch.no_grad():
+        for window, runs in ((4, "eager"), (8, "cpu"), (24, "cpu")):  # 16, 64, 576 keys
+            qkv = torch.randn(1, window, window, 3 * 32)
+            cos, sin = torch.ones(window * window, 16), torch.zeros(window * window, 16)
+            expl = ops.explain("window_attention", qkv, cos, sin, 2, window, None)
+            assert expl[runs] == "runs", expl
+            if runs == "eager":
+                assert "keys per query" in expl.rule and expl["cpu"] == "available"
+        q, k, v = _qkv(1, 2, 5, high + 1, 8)
+        assert ops.explain("masked_attention", q, k, v, None)["eager"] == "runs"
+        q, k, v = _qkv(1, 2, 5, low, 8)
+        assert ops.explain("masked_attention", q, k, v, None)["cpu"] == "runs"
+        assert ops.explain("masked_attention", q.half(), k.half(), v.half(), None)["eager"] == "runs"
+
+
+def test_without_mkl_auto_runs_sdpa(monkeypatch):
+    monkeypatch.setattr(_cpu, "_ATTENTION", False)
+    q, k, v = _qkv(1, 2, 5, 100, 8)
+    with torch.no_grad():
+        expl = ops.explain("masked_attention", q, k, v, None)
+        assert expl["eager"] == "runs" and "sgemm" in expl["cpu"]
+        with pytest.raises(ops.BackendUnavailable, match="sgemm"):
+            ops.masked_attention(q, k, v, backend="cpu")
