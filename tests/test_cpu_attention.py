@@ -45,6 +45,23 @@ def test_box_bias_at_model_size_matches_fp64():
     _close(out, ref)
 
 
+@pytest.mark.parametrize("paired", [True, False])
+def test_fused_rope_matches_apply_rope_then_sdpa(paired):
+    """RoPE inside the kernel (q by block of rows, k once per head) = apply_rope's formula, also for tables that do
+    not repeat each angle for both channels of a pair (the general formula, not the complex product)."""
+    from sam3lt.ops.window_attention import apply_rope
+    q, k, v = _qkv(2, 3, 300, 300, 16, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    angles = torch.rand(300, 8 if paired else 16, generator=gen, dtype=torch.float64) * 6.3
+    if paired:
+        angles = angles.repeat_interleave(2, dim=-1)
+    with torch.no_grad():
+        out = _cpu.attention(q, k, v, cos=angles.cos().float(), sin=angles.sin().float())
+        qd, kd = (apply_rope(t.double(), angles.cos(), angles.sin()) for t in (q, k))
+        ref = torch.nn.functional.scaled_dot_product_attention(qd, kd, v.double())
+    _close(out, ref.transpose(1, 2))
+
+
 def test_fake_implementation_and_opcheck():
     q, k, v = _qkv(2, 3, 7, 70, 8)
     op = torch.ops.sam3lt_cpu.attention.default
@@ -53,6 +70,8 @@ def test_fake_implementation_and_opcheck():
     mask = torch.rand(2, 70) > 0.3
     torch.library.opcheck(op, (q, k, v, 8 ** -0.5, None, None, mask))
     torch.library.opcheck(op, (q, k, v, 8 ** -0.5, torch.randn(2, 3, 7, 7), torch.randn(2, 3, 7, 10), None))
+    q, k, v = _qkv(2, 3, 70, 70, 8)
+    torch.library.opcheck(op, (q, k, v, 8 ** -0.5, None, None, None, torch.randn(70, 8), torch.randn(70, 8)))
 
 
 @pytest.mark.parametrize("change, match", [
@@ -65,6 +84,9 @@ def test_fake_implementation_and_opcheck():
      "not both"),
     (lambda q, k, v: (q, k, v, None, None, torch.ones(1, 6)), "key_mask must be a Bool"),
     (lambda q, k, v: (q, k[..., :1, :].expand(1, 2, 6, 8), v), "overlap"),
+    (lambda q, k, v: (q, k, v, None, None, None, torch.ones(6, 8), None), "come together"),
+    (lambda q, k, v: (q, k, v, None, None, None, torch.ones(6, 8), torch.ones(6, 8)), "self-attention"),
+    (lambda q, k, v: (k, k, v, None, None, None, torch.ones(5, 8), torch.ones(5, 8)), "cos must be"),
 ])
 def test_kernel_errors_name_the_argument(change, match):
     q, k, v = (torch.randn(1, 2, L, 8) for L in (4, 6, 6))

@@ -36,7 +36,10 @@ namespace cpu {
 namespace {
 
 constexpr long long kVmlHighAccuracy = 0x2;
-constexpr int64_t kScoreBytes = 256 * 1024;  // one task's block of scores: L2-resident next to its K and V
+#ifndef SAM3LT_SCORE_KIB
+#define SAM3LT_SCORE_KIB 512
+#endif
+constexpr int64_t kScoreBytes = SAM3LT_SCORE_KIB * 1024;  // one task's block of scores: L2-resident next to its K and V
 
 bool attention_available() { return sgemm_ && vmsExp && MKL_Set_Num_Threads_Local; }
 
@@ -123,6 +126,27 @@ SAM3LT_MULTIVERSION void scale_rows(float* out, int64_t rows, int64_t d, int64_t
   }
 }
 
+// RoPE of `rows` rows of D (row stride ld) into dst (contiguous): per channel pair (e, o)
+// out_e = x_e cos_e - x_o sin_e, out_o = x_o cos_o + x_e sin_o (apply_rope's formula); ssin is sin with the even
+// channels negated, so that out = x * cos + swap_pairs(x) * ssin.
+SAM3LT_MULTIVERSION void rotate_rows(const float* x, int64_t rows, int64_t d, int64_t ld, const float* cos,
+                                     const float* ssin, float* dst) {
+  const int64_t vec = d - d % 16;
+  for (int64_t i = 0; i < rows; ++i, x += ld, cos += d, ssin += d, dst += d) {
+    for (int64_t j = 0; j < vec; j += 16) {
+      const v16 xv = *reinterpret_cast<const v16*>(x + j);
+      typedef int i16 __attribute__((vector_size(64)));
+      const v16 sw = __builtin_shuffle(xv, i16{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+      *reinterpret_cast<v16*>(dst + j) =
+          xv * *reinterpret_cast<const v16*>(cos + j) + sw * *reinterpret_cast<const v16*>(ssin + j);
+    }
+    for (int64_t j = vec; j < d; j += 2) {
+      dst[j] = x[j] * cos[j] + x[j + 1] * ssin[j];
+      dst[j + 1] = x[j + 1] * cos[j + 1] + x[j] * ssin[j + 1];
+    }
+  }
+}
+
 void check_operand(const char* what, const at::Tensor& t, int64_t b, int64_t h, int64_t d) {
   TORCH_CHECK(t.dim() == 4 && t.scalar_type() == at::kFloat && t.device().is_cpu(), "attention: ", what,
               " must be a 4-D float32 CPU tensor (B, heads, L, D), got ", t.sizes(), " ", t.scalar_type());
@@ -141,10 +165,11 @@ at::Tensor optional_operand(const char* what, const c10::optional<at::Tensor>& t
 
 // q (B, H, Lq, D), k and v (B, H, Lk, D), last dimension contiguous -> (B, Lq, H, D) contiguous. Optional:
 // bias_y (B, H, Lq, Hg) and bias_x (B, H, Lq, Wg) with Lk = Hg * Wg (both or neither); key_mask (B, Lk) bool,
-// true = attend.
+// true = attend; cos and sin (L, D) fp32: RoPE applied to q and k first (self-attention, Lq = Lk = L, D even).
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                      const c10::optional<at::Tensor>& bias_y_in, const c10::optional<at::Tensor>& bias_x_in,
-                     const c10::optional<at::Tensor>& key_mask_in) {
+                     const c10::optional<at::Tensor>& key_mask_in, const c10::optional<at::Tensor>& cos_in,
+                     const c10::optional<at::Tensor>& sin_in) {
   TORCH_CHECK(attention_available(), "attention: this torch has no MKL (sgemm / vmsExp are not exported)");
   const int64_t b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3);
   check_operand("q", q, b, h, d);
@@ -167,10 +192,24 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const float* byp = biased ? by.data_ptr<float>() : nullptr;
   const float* bxp = biased ? bx.data_ptr<float>() : nullptr;
   const bool* mp = mask.defined() ? mask.data_ptr<bool>() : nullptr;
+  const bool rope = cos_in.has_value() && cos_in->defined();
+  TORCH_CHECK(rope == (sin_in.has_value() && sin_in->defined()), "attention: cos and sin come together");
+  TORCH_CHECK(!rope || (lq == lk && d % 2 == 0), "attention: RoPE (cos, sin) needs self-attention (Lq = Lk) and "
+              "an even head dim, got Lq = ", lq, ", Lk = ", lk, ", D = ", d);
+  const at::Tensor cos = optional_operand("cos", cos_in, {lk, d}, at::kFloat);
+  at::Tensor ssin = optional_operand("sin", sin_in, {lk, d}, at::kFloat);
+  if (rope) {  // sin with the even channels negated (see rotate_rows)
+    ssin = ssin.clone();
+    ssin.view({lk, d / 2, 2}).select(2, 0).neg_();
+  }
+  const float* cp = rope ? cos.data_ptr<float>() : nullptr;
+  const float* sp = rope ? ssin.data_ptr<float>() : nullptr;
   at::Tensor out = at::empty({b, lq, h, d}, q.options());
   if (b * h * lq == 0) return out;
-  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(lq, kScoreBytes / (4 * lk)));
-  const int64_t blocks = (lq + block - 1) / block;
+  // even blocks of query rows, each's scores within kScoreBytes (a thin last block would run thin GEMMs)
+  const int64_t max_block = std::max<int64_t>(1, std::min<int64_t>(lq, kScoreBytes / (4 * lk)));
+  const int64_t blocks = (lq + max_block - 1) / max_block;
+  const int64_t block = (lq + blocks - 1) / blocks;
   const int n_d = as_int("D", d), n_lk = as_int("Lk", lk);
   const int ldq = as_int("q row stride", q.stride(2)), ldk = as_int("k row stride", k.stride(2));
   const int ldv = as_int("v row stride", v.stride(2)), ldo = as_int("output row stride", h * d);
@@ -181,9 +220,14 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   float* op = out.data_ptr<float>();
   const float s = static_cast<float>(scale);
   at::parallel_for(0, b * h * blocks, 1, [&](int64_t t0, int64_t t1) {
-    thread_local std::vector<float> scores, inv;
+    thread_local std::vector<float> scores, inv, rq, rk;
     scores.resize(std::max<size_t>(scores.size(), static_cast<size_t>(block * lk)));
     inv.resize(std::max<size_t>(inv.size(), static_cast<size_t>(block)));
+    if (rope) {
+      rq.resize(std::max<size_t>(rq.size(), static_cast<size_t>(block * d)));
+      rk.resize(std::max<size_t>(rk.size(), static_cast<size_t>(lk * d)));
+    }
+    int64_t rotated_head = -1;  // the (batch, head) whose rotated keys rk holds: a thread's tasks go head by head
     const float one = 1.f, zero = 0.f;
     // one MKL thread per task: the tasks are the parallelism (torch turns MKL's dynamic threads off, so a
     // GEMM inside a parallel region would otherwise start a team of its own)
@@ -193,11 +237,20 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
       const int64_t bi = bh / h, hi = bh % h;
       const float* qb = qp + bi * q.stride(0) + hi * q.stride(1) + r0 * q.stride(2);
       const float* kb = kp + bi * k.stride(0) + hi * k.stride(1);
+      int lda_k = ldk, lda_q = ldq;
+      if (rope) {
+        if (rotated_head != bh) rotate_rows(kb, lk, d, k.stride(2), cp, sp, rk.data());
+        rotated_head = bh;
+        rotate_rows(qb, rows, d, q.stride(2), cp + r0 * d, sp + r0 * d, rq.data());
+        qb = rq.data();
+        kb = rk.data();
+        lda_k = lda_q = n_d;
+      }
       const float* vb = vp + bi * v.stride(0) + hi * v.stride(1);
       float* ob = op + (bi * lq + r0) * h * d + hi * d;
       const int n_rows = static_cast<int>(rows);
       // column-major view: S^T (Lk x rows) = K (Lk x D) . Q_b^T (D x rows)
-      sgemm_("T", "N", &n_lk, &n_rows, &n_d, &one, kb, &ldk, qb, &ldq, &zero, scores.data(), &n_lk);
+      sgemm_("T", "N", &n_lk, &n_rows, &n_d, &one, kb, &lda_k, qb, &lda_q, &zero, scores.data(), &n_lk);
       for (int64_t i = 0; i < rows; ++i) {
         float* r = scores.data() + i * lk;
         const int64_t row = bh * lq + r0 + i;
@@ -216,7 +269,8 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 
 at::Tensor attention_meta(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                           const c10::optional<at::Tensor>& bias_y, const c10::optional<at::Tensor>& bias_x,
-                          const c10::optional<at::Tensor>& key_mask) {
+                          const c10::optional<at::Tensor>& key_mask, const c10::optional<at::Tensor>& cos,
+                          const c10::optional<at::Tensor>& sin) {
   TORCH_CHECK(q.dim() == 4, "attention: q must be (B, heads, L, D), got ", q.sizes());
   return at::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options());
 }
@@ -228,7 +282,7 @@ at::Tensor attention_meta(const at::Tensor& q, const at::Tensor& k, const at::Te
 TORCH_LIBRARY_FRAGMENT(sam3lt_cpu, m) {
   m.def("attention_available() -> bool", &sam3lt::cpu::attention_available);
   m.def("attention(Tensor q, Tensor k, Tensor v, float scale, Tensor? bias_y=None, Tensor? bias_x=None, "
-        "Tensor? key_mask=None) -> Tensor");
+        "Tensor? key_mask=None, Tensor? cos=None, Tensor? sin=None) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(sam3lt_cpu, CPU, m) { m.impl("attention", &sam3lt::cpu::attention); }
 TORCH_LIBRARY_IMPL(sam3lt_cpu, Meta, m) { m.impl("attention", &sam3lt::cpu::attention_meta); }

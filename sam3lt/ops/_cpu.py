@@ -118,10 +118,11 @@ def derived(weight: torch.Tensor, tag, make: Callable[[torch.Tensor], object]):
     return hit[1]
 
 
-# Keys per query where the CPU attention kernel was measured faster than torch's CPU flash attention (2 cores:
-# 576 keys 1.15-1.25x; 201 queries x 576 keys with the box bias 1.7x). With fewer keys its per-task GEMMs are too
-# small, with more the block of scores kept in L2 holds too few rows (1,296 keys: 0.9x): there auto runs SDPA.
-ATTENTION_KEYS = (64, 1024)
+# Keys per query where the CPU attention kernel was measured faster than torch's CPU flash attention (2 cores,
+# bench/ops/bench_cpu_attention.py: 576 keys 1.2-1.3x, RoPE fused in the ViT's; 201 queries x 576 keys with the
+# box bias 1.7x; 64 keys 1.1x). With fewer keys its per-task GEMMs are thin; from ~1,000 keys the block of scores
+# kept in L2 holds too few rows (1,024 keys: 0.98x, 2,304: 0.95x): there auto runs SDPA.
+ATTENTION_KEYS = (64, 768)
 
 
 def attention_reason(op: str, tensors) -> str | None:
@@ -151,10 +152,11 @@ def _attention_available() -> bool:
 _ATTENTION: bool | None = None
 
 
-def attention(q, k, v, bias_y=None, bias_x=None, key_mask=None) -> torch.Tensor:
+def attention(q, k, v, bias_y=None, bias_x=None, key_mask=None, cos=None, sin=None) -> torch.Tensor:
     """``softmax(q·kᵀ·D^-½ + bias) · v`` for fp32 CPU (B, heads, L, D) q, k, v (any strides, last dim contiguous):
     (B, Lq, heads, D), heads merged in memory. bias: ``bias_y[..., y] + bias_x[..., x]`` at key ``y·Wg + x``;
-    key_mask (B, Lk) bool, True = attend (no valid key: zeros). csrc/cpu/attention.cpp."""
+    key_mask (B, Lk) bool, True = attend (no valid key: zeros); cos, sin (L, D): RoPE on q and k first
+    (:func:`~sam3lt.ops.window_attention.apply_rope`'s formula). csrc/cpu/attention.cpp."""
     q, k, v = (t if t.stride(-1) == 1 and (t.stride(2) >= t.shape[-1] or t.shape[2] == 1) else t.contiguous()
                for t in (q, k, v))
-    return torch.ops.sam3lt_cpu.attention(q, k, v, q.shape[-1] ** -0.5, bias_y, bias_x, key_mask)
+    return torch.ops.sam3lt_cpu.attention(q, k, v, q.shape[-1] ** -0.5, bias_y, bias_x, key_mask, cos, sin)

@@ -43,11 +43,15 @@ def _paired(table: torch.Tensor) -> bool:
     return torch.equal(table[..., 0::2], table[..., 1::2])
 
 
+def rope_sdpa(q, k, v, cos, sin):
+    """RoPE on q and k, then torch's SDPA: the spec of a window's attention."""
+    return F.scaled_dot_product_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
+
+
 def window_attention_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int,
-                               window_size: int, pad_value: torch.Tensor | None, attend=F.scaled_dot_product_attention
-                               ) -> torch.Tensor:
-    """Eager reference (the spec). See :func:`window_attention`. ``attend(q, k, v)``: the attention of the
-    (N, heads, T, D) windows, torch's SDPA in the spec (the cpu backend passes its own kernel)."""
+                               window_size: int, pad_value: torch.Tensor | None, attend=rope_sdpa) -> torch.Tensor:
+    """Eager reference (the spec). See :func:`window_attention`. ``attend(q, k, v, cos, sin)``: RoPE and the
+    attention of the (N, heads, T, D) windows (the cpu backend passes its kernel, which fuses both)."""
     batch, height, width, three_c = qkv.shape
     channels = three_c // 3
     head_dim = channels // num_heads
@@ -73,8 +77,7 @@ def window_attention_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.
         qkv = qkv.reshape(batch, height * width, three_c)
     tokens = qkv.shape[1]
     q, k, v = qkv.view(qkv.shape[0], tokens, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    out = attend(q, k, v)  # (N, heads, T, D), scale D**-0.5
+    out = attend(q, k, v, cos, sin)  # (N, heads, T, D), scale D**-0.5
     if window_size == 0:
         return out.transpose(1, 2).reshape(batch, height, width, channels)
     # merge heads and unpartition in one copy: (B, nH, nW, heads, ws, ws, D) -> (B, nH, ws, nW, ws, heads, D)
@@ -140,8 +143,9 @@ def window_attention_cpu(qkv, cos, sin, num_heads, window_size, pad_value=None):
     return window_attention_reference(qkv, cos, sin, num_heads, window_size, pad_value, _cpu_attend)
 
 
-def _cpu_attend(q, k, v):
-    return _cpu.attention(q, k, v).transpose(1, 2)  # the kernel's (N, T, heads, D) as (N, heads, T, D)
+def _cpu_attend(q, k, v, cos, sin):
+    # RoPE inside the kernel; its (N, T, heads, D) output seen as (N, heads, T, D)
+    return _cpu.attention(q, k, v, cos=cos.contiguous(), sin=sin.contiguous()).transpose(1, 2)
 
 
 def _cpu_supports(qkv, cos, sin, num_heads, window_size, pad_value=None):
