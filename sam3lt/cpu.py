@@ -17,7 +17,8 @@ elementwise ops) is spread thin. The CPU path changes those three and leaves eve
   bf16 GEMMs alone.
 - ``precision="fp32"``: the model as eager runs it on the CPU, whose ``cpu`` backend already packs: the ViT's
   and the MLPs' GEMMs as MKL's sgemm on weights packed once (``F.linear`` packs the weight inside every call),
-  the 1×1 and 2×2-transposed convolutions as MKL GEMMs; no mode around the calls (the packing mode in fp32 cost
+  the 1×1 and 2×2-transposed convolutions as MKL GEMMs, the attention (ViT windows with their RoPE, the DETR's
+  self-attention and box-biased cross-attention) as sam3lt's kernel; no mode around the calls (the packing mode in fp32 cost
   ~1.5% of a forward). The plan adds the allocator setting below. Outside the bf16 plan's scope the same holds
   in bf16 plans, with the mode: every ``F.linear`` packed, every convolution oneDNN's packed one (channels-last).
 - fp32 3×3 convolutions (the FPN neck's, the pixel decoder's: ``Conv3x3`` modules) run as sam3lt's Winograd
@@ -396,8 +397,8 @@ class CpuPlan:
         scope = (f"bf16 GEMMs and convolutions (oneDNN, packed weights) in {', '.join(self.bf16_modules)}, "
                  f"attention in bf16; elsewhere {fp32}") if self.bf16_modules else f"{fp32} (bf16 in no module)"
         gemms = {"bf16": scope,
-                 "fp32": "fp32, sam3lt's CPU kernels as eager runs them (MKL GEMMs on packed weights, GEMM 1×1 and "
-                         "2×2-transposed convolutions)"}.get(self.precision, f"{self.precision} model")
+                 "fp32": "fp32, sam3lt's CPU kernels as eager runs them (MKL GEMMs on packed weights, attention "
+                         "with RoPE / box bias fused, GEMM 1×1 and 2×2-transposed convolutions)"}.get(self.precision, f"{self.precision} model")
         if self.precision == "fp32" and not self.packed:
             gemms = "fp32 as eager runs it (dtype=float32: the model's own numbers)"
         if self.winograd and self.precision in ("bf16", "fp32"):

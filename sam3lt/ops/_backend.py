@@ -18,7 +18,7 @@ time it would have served inputs on its device (CUDA; the CPU for ``cpu``) (neve
 :func:`explain` says which backend runs an op on given inputs and why the others do not. A backend forced by
 name that cannot run raises :class:`BackendUnavailable` with its reason; a backend chosen for the process or a
 :func:`use_backend` block serves the ops it implements and ``auto`` runs the others (``cpu`` has the conv
-family and ``linear``; the conv family has no GPU backend). An implementation registered with
+family, ``linear`` and the attention ops; the conv family has no GPU backend). An implementation registered with
 ``auto=False`` runs only when its backend is asked for by name (``auto`` passes over it silently): for a
 kernel that works but is not the fastest choice, e.g. the Triton mask-product GEMM against cuBLAS. Inside
 :func:`sam3lt.ops.autotune` the ``auto`` choice is measured instead, per op and input signature, among every
