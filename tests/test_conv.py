@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import sam3lt.ops as ops
-from sam3lt.model.common import Conv1x1, Conv3x3, ConvTranspose2x2
+from sam3lt.model.common import Conv1x1, Conv3x3, ConvPatch, ConvTranspose2x2
 from sam3lt.ops import _backend, _cpu, conv
 
 # Winograd's bound, stated once: max|out − ref64| ≤ RTOL · max|ref64|. F(4×4, 3×3)'s transforms add and subtract
@@ -150,7 +150,9 @@ def test_conv3x3_missing_extension_falls_back_with_one_warning(monkeypatch):
     (lambda: Conv1x1(8, 12), lambda: torch.nn.Conv2d(8, 12, 1), 1e-5),
     (lambda: Conv3x3(8, 12), lambda: torch.nn.Conv2d(8, 12, 3, padding=1), RTOL),
     (lambda: ConvTranspose2x2(8, 6), lambda: torch.nn.ConvTranspose2d(8, 6, 2, stride=2), 1e-5),
-], ids=["Conv1x1", "Conv3x3", "ConvTranspose2x2"])
+    (lambda: ConvPatch(8, 12, 2), lambda: torch.nn.Conv2d(8, 12, 2, stride=2), 1e-5),
+    (lambda: ConvPatch(8, 12, 3, bias=False), lambda: torch.nn.Conv2d(8, 12, 3, stride=3, bias=False), 1e-5),
+], ids=["Conv1x1", "Conv3x3", "ConvTranspose2x2", "ConvPatch", "ConvPatch-no-bias"])
 def test_model_modules_keep_keys_and_values(ours, theirs, rtol, no_grad):
     """The model's Conv3x3 / ConvTranspose2x2 are the nn modules (same parameters and state_dict keys) whose forward
     is the op; a weight updated in place is seen (its transformed copy is per weight version); backend="eager"
@@ -245,3 +247,47 @@ def test_conv1x1_bad_arguments():
         ops.conv1x1(torch.randn(1, 4, 5, 5), torch.randn(6, 4, 1, 1), torch.randn(4))
     with pytest.raises(TypeError, match="bias dtype"):
         ops.conv1x1(torch.randn(1, 4, 5, 5), torch.randn(6, 4, 1, 1), torch.randn(6).double())
+
+
+# ---- conv_patch (the cpu backend: the patches as rows times the flattened weight, MKL's packed GEMM at >= 128 patches)
+@pytest.mark.parametrize("target", targets("conv_patch"), indirect=True)
+@pytest.mark.parametrize("B, C, K, H, W, p", [(1, 3, 64, 168, 168, 14), (2, 3, 16, 30, 45, 7), (1, 5, 8, 9, 11, 2),
+                                              (1, 3, 32, 14, 14, 14)], ids=lambda v: str(v))
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("layout", ["channels-last", "NCHW"])
+def test_conv_patch_matches_fp64(target, B, C, K, H, W, p, bias, layout, request, no_grad):
+    """The ViT's 14×14 patches over 144 patches (packed GEMM) and over one; sizes that are no multiple of the patch
+    (the last rows and columns are dropped, as by the convolution)."""
+    gen = seed_for(request)
+    x = randn(gen, B, C, H, W, device="cpu")
+    if layout == "channels-last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = randn(gen, K, C, p, p, scale=(C * p * p) ** -0.5, device="cpu")
+    b = randn(gen, K, device="cpu") if bias else None
+    out = ops.conv_patch(x, w, b, backend=target.backend)
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    ref64 = ops.conv_patch_reference(d(x), d(w), d(b))
+    assert out.shape == ref64.shape == (B, K, H // p, W // p)
+    check_close(out, ref64, ops.conv_patch_reference(x, w, b), torch.float32, (B, C, K, H, W, p, bias, layout))
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (lambda: (torch.randn(1, 3, 28, 28), torch.randn(8, 3, 14, 7)), ValueError, "square patch"),
+    (lambda: (torch.randn(1, 4, 28, 28), torch.randn(8, 3, 14, 14)), ValueError, "weight must be"),
+    (lambda: (torch.randn(1, 3, 28, 10), torch.randn(8, 3, 14, 14)), ValueError, "smaller than one 14×14 patch"),
+    (lambda: (torch.randn(1, 3, 28, 28), torch.randn(8, 3, 14, 14), torch.randn(3)), ValueError, "bias must be"),
+    (lambda: (torch.randn(1, 3, 28, 28), torch.randn(8, 3, 14, 14).double()), TypeError, "weight dtype"),
+    (lambda: (torch.randn(1, 3, 28, 28), None), TypeError, "weight must be a tensor"),
+])
+def test_conv_patch_bad_arguments(args, error, match):
+    with pytest.raises(error, match=match):
+        ops.conv_patch(*args())
+
+
+def test_conv_patch_auto_runs_the_gemm_on_fp32_cpu():
+    x, w = torch.randn(1, 3, 28, 28), torch.randn(8, 3, 14, 14)
+    with torch.no_grad():
+        expl = ops.explain("conv_patch", x, w, None)
+        assert expl["cpu" if torch.backends.mkl.is_available() else "eager"] == "runs"  # no extension needed
+        assert "float32" in ops.explain("conv_patch", x.half(), w.half(), None)["cpu"]
+

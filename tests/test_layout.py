@@ -25,7 +25,8 @@ def test_a_family_has_one_name_in_every_folder(family):
 def test_every_op_is_declared_with_its_check_reference_and_backends(op):
     assert op in _backend._CHECKS, f"{op}: no define(op, check_args)"
     # every op has GPU kernels but the conv family's, CPU kernels whose GPU path is the reference (cuDNN)
-    expected = {"eager", "cpu"} if op in ("conv1x1", "conv3x3", "conv_transpose2x2") else {"eager", "triton", "cuda"}
+    conv_family = ("conv1x1", "conv3x3", "conv_patch", "conv_transpose2x2")
+    expected = {"eager", "cpu"} if op in conv_family else {"eager", "triton", "cuda"}
     assert expected <= set(_backend._REGISTRY[op]), sorted(_backend._REGISTRY[op])
     assert _backend._REGISTRY[op]["eager"].fn is getattr(ops, f"{op}_reference")
     assert callable(getattr(ops, op)) and op in ops.__all__ and f"{op}_reference" in ops.__all__

@@ -1,7 +1,8 @@
 """The conv family: ``sam3lt.ops.conv3x3`` (the FPN neck's and the pixel decoder's, 256 → 256 channels, padding 1)
 at the neck's levels: 288², 144², 72² at 1008² (full), 96², 48², 24² at 336² (cpu), 24² and 12² (tiny);
 ``conv1x1`` (the finest level's projection, 256 → 256) and ``conv_transpose2x2`` (the neck's first 2× upsampling,
-1024 → 512 channels, from the ViT grid: 72², 24², 12²).
+1024 → 512 channels, from the ViT grid: 72², 24², 12²) and ``conv_patch`` (the ViT's patch embedding, 14×14 stride 14,
+3 → 1024 channels, at 1008², 336², 168²).
 
 FLOP convention: the direct convolution's 2·K·C·(taps) per output pixel, for every backend (Winograd's ``cpu``
 backend does ~4x fewer multiplies: its TFLOP/s is "direct-equivalent"). Bytes: input, weight, bias and output
@@ -47,6 +48,14 @@ def _make_other(c, k, taps, grid):
 
 
 VIT_GRID = {"full": 72, "cpu": 24, "tiny": 12}
+PATCH = 14
+
+
+def _make_patch(grid):
+    def make(device, dtype, gen):
+        x = randn(gen, 1, 3, grid * PATCH, grid * PATCH, device=device, dtype=dtype)
+        return x, randn(gen, 1024, 3, PATCH, PATCH, device=device, dtype=dtype, scale=(3 * PATCH * PATCH) ** -0.5), None
+    return make
 
 
 def _direct_flops(taps):
@@ -66,6 +75,11 @@ def cases(size: str) -> list[Case]:
                  sizes=(size,)),
             Case("conv", "conv_transpose2x2", "FPN 2× upsampling (2×2 transposed, stride 2)", f"1×1024×{vit}² → 512",
                  _make_other(1024, 512, 4, vit), _direct_flops(4), _output_bytes(lambda a: 4 * a[1].shape[1]),
+                 sizes=(size,)),
+            Case("conv", "conv_patch", "ViT patch embedding (14×14, stride 14)",
+                 f"1×3×{vit * PATCH}² → 1024×{vit}²", _make_patch(vit),
+                 lambda a: 2 * a[1].numel() * (a[0].shape[-1] // PATCH) ** 2,
+                 lambda a: nbytes(*a[:2]) + a[1].shape[0] * (a[0].shape[-1] // PATCH) ** 2 * a[0].element_size(),
                  sizes=(size,)),
             *(Case("conv", "conv3x3", f"FPN / pixel decoder 3×3 convolution, level {i}",
                    f"1×{CHANNELS}×{grid}², {CHANNELS}×{CHANNELS}×3×3", _make(grid), _direct_flops(9),

@@ -174,6 +174,16 @@ class Conv3x3(OpConvolution, nn.Conv2d):
         return (self.padding[0],)
 
 
+class ConvPatch(OpConvolution, nn.Conv2d):
+    """``nn.Conv2d(c, k, p, stride=p, bias=...)`` as ``ops.conv_patch`` (the cpu backend: one GEMM over the
+    patches)."""
+
+    op, reference = staticmethod(ops.conv_patch), staticmethod(ops.conv_patch_reference)
+
+    def __init__(self, in_channels: int, out_channels: int, patch: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, patch, stride=patch, bias=bias)
+
+
 class ConvTranspose2x2(OpConvolution, nn.ConvTranspose2d):
     """``nn.ConvTranspose2d(c, k, 2, stride=2)`` as ``ops.conv_transpose2x2`` (the cpu backend: one GEMM)."""
 

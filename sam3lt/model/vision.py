@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .. import ops
 from ..ops.linear import writable
 from ..config import Sam3ViTConfig, Sam3VisionConfig
-from .common import MLP, Conv1x1, Conv3x3, ConvTranspose2x2, ModelOutputMixin, linear, sine_position_grid
+from .common import MLP, Conv1x1, Conv3x3, ConvPatch, ConvTranspose2x2, ModelOutputMixin, linear, sine_position_grid
 from .fusion import prenorm_stack
 
 
@@ -66,7 +66,7 @@ class PatchEmbeddings(nn.Module):
     def __init__(self, config: Sam3ViTConfig):
         super().__init__()
         p = config.patch_size
-        self.projection = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=p, stride=p, bias=False)
+        self.projection = ConvPatch(config.num_channels, config.hidden_size, p, bias=False)
 
 
 class ViTEmbeddings(nn.Module):

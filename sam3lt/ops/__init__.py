@@ -9,8 +9,8 @@ from ._backend import (BACKENDS, BackendUnavailable, explain, get_backend, regis
 from ._tuning import autotune, clear_tuning, tuned_choices
 from .box_bias import box_bias, box_bias_reference
 from .box_refine import box_refine, box_refine_reference
-from .conv import (conv1x1, conv1x1_reference, conv3x3, conv3x3_reference, conv_transpose2x2,
-                   conv_transpose2x2_reference)
+from .conv import (conv1x1, conv1x1_reference, conv3x3, conv3x3_reference, conv_patch, conv_patch_reference,
+                   conv_transpose2x2, conv_transpose2x2_reference)
 from .cross_attention import (box_bias_attention, box_bias_attention_reference, masked_attention,
                               masked_attention_reference)
 from .layer_norm import add_layer_norm, add_layer_norm_module, add_layer_norm_reference
@@ -34,7 +34,7 @@ __all__ = [
     "linear", "linear_reference",
     "box_bias", "box_bias_reference",
     "box_refine", "box_refine_reference",
-    "conv1x1", "conv1x1_reference", "conv3x3", "conv3x3_reference", "conv_transpose2x2",
-    "conv_transpose2x2_reference",
+    "conv1x1", "conv1x1_reference", "conv3x3", "conv3x3_reference", "conv_patch", "conv_patch_reference",
+    "conv_transpose2x2", "conv_transpose2x2_reference",
     "rope_qkv", "rope_qkv_reference",
 ]

@@ -5,7 +5,8 @@ The choice comes from, in order of precedence: the ``backend=`` argument of an o
 ``auto``. ``auto`` takes, in order: a measured choice for the op and input signature (:func:`sam3lt.ops.autotune`,
 in this process or from the on-disk cache of the device); on CUDA inputs without one, evidence
 (``_tuning.EVIDENCE``: the vendor kernel, SDPA / cuBLAS, for compute-bound ops; the custom kernels for chains of
-small memory-bound ops); otherwise the order of :data:`BACKENDS`, ``cuda`` (compiled ``sam3lt._C``) → ``triton``
+small memory-bound ops); on CPU inputs, for the ops in ``_tuning.CPU_EVIDENCE``, the shapes where the ``cpu``
+kernel was measured faster (the attention ops: 64 to 768 keys); otherwise the order of :data:`BACKENDS`, ``cuda`` (compiled ``sam3lt._C``) → ``triton``
 → ``cpu`` (compiled ``sam3lt._cpu``, CPU tensors) → ``eager``, taking the first that can run the inputs. :func:`explain` names the rule.
 
 An op's public function checks its arguments once (``check_args`` in its module, registered with

@@ -199,6 +199,8 @@ EVIDENCE: dict[str, tuple[str, tuple[str, ...]]] = {
     "conv_transpose2x2": (_COMPUTE.format(what="cuDNN convolution; the cpu backend's GEMM takes only CPU inputs"),
                           VENDOR_FIRST),
     "conv1x1": (_COMPUTE.format(what="cuDNN convolution; the cpu backend's GEMM takes only CPU inputs"), VENDOR_FIRST),
+    "conv_patch": (_COMPUTE.format(what="cuDNN convolution; the cpu backend's GEMM takes only CPU inputs"),
+                   VENDOR_FIRST),
     "add_layer_norm": (_CHAIN.format(what="add, then LayerNorm"), CUSTOM_FIRST),
     "repmixer_dwconv": (_CHAIN.format(what="pad, conv1d, bias, residual"), CUSTOM_FIRST),
     # Triton fuses both convolutions into one launch; the cuda backend runs them as two

@@ -1,5 +1,6 @@
 """The FPN neck's and the mask decoder's convolutions: ``conv3x3`` (3×3, stride 1), ``conv1x1`` (the projections)
-and ``conv_transpose2x2`` (the neck's 2× upsampling: a 2×2 transposed convolution, stride 2).
+and ``conv_transpose2x2`` (the neck's 2× upsampling: a 2×2 transposed convolution, stride 2); the ViT's patch
+embedding ``conv_patch`` (p×p, stride p: non-overlapping patches).
 
 The eager references are ``F.conv2d`` / ``F.conv_transpose2d`` (oneDNN on the CPU, cuDNN on a GPU). The ``cpu``
 backends take fp32 CPU tensors:
@@ -13,6 +14,8 @@ backends take fp32 CPU tensors:
 - ``conv_transpose2x2``: one GEMM, (pixels × C) @ (C × 4K) on MKL, then one pass that adds the bias while it
   scatters the four outputs of each pixel to their 2×2 places (channels-last). oneDNN runs this shape at
   ~200-260 GFLOP/s on 2 cores, MKL's GEMM at ~300 (bench/ops/bench_conv.py).
+- ``conv_patch``: the patches as rows (one strided copy of the image) times the flattened weight, on MKL's packing
+  of it: 1.5x oneDNN's 14×14 stride-14 convolution of 3 channels (336², 2 cores, with and without AVX-512).
 
 A weight's transformed copy is kept until the weight changes (its version counter or storage).
 """
@@ -218,6 +221,56 @@ def supports_1x1(x, weight, bias=None) -> str | None:
     return mkl_reason("conv1x1", (x, weight, bias))
 
 
+# ---------------------------------------------------------------- conv_patch
+
+def conv_patch_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Eager reference (the spec): ``F.conv2d(x, weight, bias, stride=p)``. See :func:`conv_patch`."""
+    return F.conv2d(x, weight, bias, stride=weight.shape[-1])
+
+
+def check_patch_args(x, weight, bias=None) -> None:
+    op = "conv_patch"
+    _checks.tensor(op, "weight", weight)
+    if weight.dim() != 4 or weight.shape[2] != weight.shape[3]:
+        raise ValueError(f"{op}: weight must be (K, C, p, p), a square patch, got {tuple(weight.shape)}")
+    patch = weight.shape[-1]
+    _check_convolution(op, x, weight, bias, patch)
+    if min(x.shape[2], x.shape[3]) < patch:
+        raise ValueError(f"{op}: the input {tuple(x.shape[2:])} is smaller than one {patch}×{patch} patch")
+
+
+def conv_patch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+               backend: str | None = None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride=p)`` for a p×p kernel: each non-overlapping patch times the weight (the
+    ViT's patch embedding). Rows and columns past the last whole patch are dropped, as the convolution does.
+
+    Args:
+        x: (B, C, H, W), any memory format. weight: (K, C, p, p). bias: (K,) or None. Same dtype and device.
+    Returns:
+        (B, K, H // p, W // p); the ``cpu`` backend returns it channels-last.
+    """
+    check_patch_args(x, weight, bias)
+    return dispatch("conv_patch", backend, x, weight, bias)
+
+
+def conv_patch_gemm(x, weight, bias=None):
+    """The ``cpu`` backend: (patches × C·p·p) @ (C·p·p × K) on MKL's packing of the weight (``ops.linear``'s cpu
+    GEMM; F.linear where it does not pack: fewer than ``PACK_MIN_ROWS`` patches)."""
+    b, c, h, w = x.shape
+    k, p = weight.shape[0], weight.shape[-1]
+    gh, gw = h // p, w // p
+    rows = x[:, :, :gh * p, :gw * p].reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b * gh * gw, -1)
+    flat = weight.reshape(k, -1)
+    y = packed_gemm(rows, weight, flat, bias)
+    if y is None:
+        y = F.linear(rows, flat, bias)
+    return y.view(b, gh, gw, k).permute(0, 3, 1, 2)
+
+
+def supports_patch(x, weight, bias=None) -> str | None:
+    return mkl_reason("conv_patch", (x, weight, bias))
+
+
 define("conv3x3", check_args)
 register("conv3x3", "eager", conv3x3_reference)
 register("conv3x3", "cpu", conv3x3_winograd, supports_winograd)
@@ -227,3 +280,6 @@ register("conv1x1", "cpu", conv1x1_gemm, supports_1x1)
 define("conv_transpose2x2", check_transpose_args)
 register("conv_transpose2x2", "eager", conv_transpose2x2_reference)
 register("conv_transpose2x2", "cpu", conv_transpose2x2_gemm, supports_gemm)
+define("conv_patch", check_patch_args)
+register("conv_patch", "eager", conv_patch_reference)
+register("conv_patch", "cpu", conv_patch_gemm, supports_patch)
