@@ -17,7 +17,7 @@ elementwise ops) is spread thin. The CPU path changes those three and leaves eve
   bf16 GEMMs alone.
 - ``precision="fp32"``: the model as eager runs it on the CPU, whose ``cpu`` backend already packs: the ViT's
   and the MLPs' GEMMs as MKL's sgemm on weights packed once (``F.linear`` packs the weight inside every call),
-  the 1×1 and 2×2-transposed convolutions as MKL GEMMs, the attention (ViT windows with their RoPE, the DETR's
+  the 1×1 and 2×2-transposed convolutions and the patch embedding as MKL GEMMs, the attention (ViT windows with their RoPE, the DETR's
   self-attention and box-biased cross-attention) as sam3lt's kernel; no mode around the calls (the packing mode in fp32 cost
   ~1.5% of a forward). The plan adds the allocator setting below. Outside the bf16 plan's scope the same holds
   in bf16 plans, with the mode: every ``F.linear`` packed, every convolution oneDNN's packed one (channels-last).
