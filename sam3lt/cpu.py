@@ -17,9 +17,9 @@ elementwise ops) is spread thin. The CPU path changes those three and leaves eve
   bf16 GEMMs alone.
 - ``precision="fp32"``: the model as eager runs it on the CPU, whose ``cpu`` backend already packs: the ViT's
   and the MLPs' GEMMs as MKL's sgemm on weights packed once (``F.linear`` packs the weight inside every call),
-  the 1×1 and 2×2-transposed convolutions and the patch embedding as MKL GEMMs, the attention (ViT windows with their RoPE, the DETR's
-  self-attention and box-biased cross-attention) as sam3lt's kernel; no mode around the calls (the packing mode in fp32 cost
-  ~1.5% of a forward). The plan adds the allocator setting below. Outside the bf16 plan's scope the same holds
+  the 1×1 and 2×2-transposed convolutions and the patch embedding as MKL GEMMs, the attention (ViT windows with
+  their RoPE, the DETR's self-attention and box-biased cross-attention) as sam3lt's kernel; no mode around the
+  calls (the packing mode in fp32 cost ~1.5% of a forward). The plan adds the allocator setting below. Outside the bf16 plan's scope the same holds
   in bf16 plans, with the mode: every ``F.linear`` packed, every convolution oneDNN's packed one (channels-last).
 - fp32 3×3 convolutions (the FPN neck's, the pixel decoder's: ``Conv3x3`` modules) run as sam3lt's Winograd
   F(4×4, 3×3) (the ``cpu`` backend of :func:`sam3lt.ops.conv3x3`, as in eager), 2.5-3x oneDNN's direct one, at
