@@ -96,7 +96,7 @@ def test_kernel_errors_name_the_argument(change, match):
 
 
 def test_auto_runs_the_kernel_where_it_was_measured_faster():
-    low, high = _cpu.ATTENTION_KEYS
+    low, high = _cpu.ATTENTION_KEYS["masked_attention"]
     with torch.no_grad():
         for window, runs in ((4, "eager"), (8, "cpu"), (24, "cpu")):  # 16, 64, 576 keys
             qkv = torch.randn(1, window, window, 3 * 32)
@@ -110,6 +110,13 @@ def test_auto_runs_the_kernel_where_it_was_measured_faster():
         q, k, v = _qkv(1, 2, 5, low, 8)
         assert ops.explain("masked_attention", q, k, v, None)["cpu"] == "runs"
         assert ops.explain("masked_attention", q.half(), k.half(), v.half(), None)["eager"] == "runs"
+        q, k, v = _qkv(1, 2, 5, 72 * 72, 8)  # the box bias at 1008²: no upper bound
+        by, bx = torch.randn(1, 2, 5, 72), torch.randn(1, 2, 5, 72)
+        assert ops.explain("box_bias_attention", q, k, v, by, bx)["cpu"] == "runs"
+        by, bx = torch.randn(1, 2, 5, 6), torch.randn(1, 2, 5, 5)
+        q, k, v = _qkv(1, 2, 5, 30, 8)
+        expl = ops.explain("box_bias_attention", q, k, v, by, bx)
+        assert expl["eager"] == "runs" and "64 or more" in expl.rule
 
 
 def test_without_mkl_auto_runs_sdpa(monkeypatch):
@@ -143,7 +150,7 @@ def test_model_forward_runs_the_kernel_and_agrees(monkeypatch):
     kernel = _cpu.attention
     monkeypatch.setattr(_cpu, "attention", lambda *a, **k: calls.append(sorted(n for n, v in k.items()
                                                                                 if v is not None)) or kernel(*a, **k))
-    monkeypatch.setattr(_cpu, "ATTENTION_KEYS", (1, 10 ** 9))
+    monkeypatch.setattr(_cpu, "ATTENTION_KEYS", dict.fromkeys(_cpu.ATTENTION_KEYS, (1, None)))
     with torch.no_grad():
         out = model(**inputs)
     kinds = {tuple(c) for c in calls}

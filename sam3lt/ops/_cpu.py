@@ -118,11 +118,12 @@ def derived(weight: torch.Tensor, tag, make: Callable[[torch.Tensor], object]):
     return hit[1]
 
 
-# Keys per query where the CPU attention kernel was measured faster than torch's CPU flash attention (2 cores,
-# bench/ops/bench_cpu_attention.py: 576 keys 1.2-1.3x, RoPE fused in the ViT's; 201 queries x 576 keys with the
-# box bias 1.7x; 64 keys 1.1x). With fewer keys its per-task GEMMs are thin; from ~1,000 keys the block of scores
-# kept in L2 holds too few rows (1,024 keys: 0.98x, 2,304: 0.95x): there auto runs SDPA.
-ATTENTION_KEYS = (64, 768)
+# Per op, the keys per query (low, high; None: no bound) where the CPU attention kernel was measured faster than
+# the reference (torch's CPU flash attention), 2 cores: ViT heads of 64 with RoPE 1.2-1.4x at 576 keys, 0.98x at
+# 1,024, 0.95x at 2,304 (the block of scores kept in L2 holds too few rows); DETR heads of 32 1.07-1.1x at 576 to
+# 2,304 keys, 0.9x at 5,184; the box bias 1.6-2.6x at 576 to 5,184 keys (the reference materialises the bias).
+# Under 64 keys the per-task GEMMs are thin (0.4x at 32). Elsewhere auto runs the reference.
+ATTENTION_KEYS = {"window_attention": (64, 768), "masked_attention": (64, 2304), "box_bias_attention": (64, None)}
 
 
 def attention_reason(op: str, tensors) -> str | None:
@@ -133,12 +134,14 @@ def attention_reason(op: str, tensors) -> str | None:
     return reason
 
 
-def attention_evidence(keys: int):
-    """The auto order for an attention op on CPU inputs with ``keys`` keys per query (``CPU_EVIDENCE``)."""
-    low, high = ATTENTION_KEYS
-    if low <= keys <= high:
+def attention_evidence(op: str, keys: int):
+    """The auto order for attention op ``op`` on CPU inputs with ``keys`` keys per query (``CPU_EVIDENCE``): None
+    (the default order: the kernel) within ``ATTENTION_KEYS[op]``, else the reference first."""
+    low, high = ATTENTION_KEYS[op]
+    if low <= keys and (high is None or keys <= high):
         return None
-    return (f"{keys} keys per query: the cpu attention kernel was measured faster than SDPA at {low} to {high} "
+    where = f"{low} to {high}" if high is not None else f"{low} or more"
+    return (f"{keys} keys per query: the cpu attention kernel was measured faster than the reference at {where} "
             "keys only", ("eager", "cuda", "triton", "cpu"))
 
 

@@ -145,4 +145,4 @@ register("masked_attention", "cuda", *_cuda.backend(
 register("masked_attention", "cpu", masked_attention_cpu, lambda q, k, v, key_padding_mask=None: _cpu.attention_reason(
     "masked_attention", (q, k, v)))
 for _op in ("box_bias_attention", "masked_attention"):
-    _tuning.CPU_EVIDENCE[_op] = lambda args: _cpu.attention_evidence(args[1].shape[2])
+    _tuning.CPU_EVIDENCE[_op] = lambda args, op=_op: _cpu.attention_evidence(op, args[1].shape[2])

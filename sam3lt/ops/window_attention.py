@@ -154,7 +154,8 @@ def _cpu_supports(qkv, cos, sin, num_heads, window_size, pad_value=None):
 
 def _cpu_evidence(args):
     qkv, window_size = args[0], args[4]
-    return _cpu.attention_evidence(window_size * window_size if window_size > 0 else qkv.shape[1] * qkv.shape[2])
+    keys = window_size * window_size if window_size > 0 else qkv.shape[1] * qkv.shape[2]
+    return _cpu.attention_evidence("window_attention", keys)
 
 
 define("window_attention", check_args)
