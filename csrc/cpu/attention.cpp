@@ -24,22 +24,14 @@ void vmsExp(int n, const float* a, float* r, long long mode) __attribute__((weak
 int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
 }
 
-// the row loops vectorise (omp simd: the reductions too), widest ISA picked at load time as in winograd.cpp
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define SAM3LT_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SAM3LT_MULTIVERSION
-#endif
+#include "multiversion.h"  // the row loops vectorise, widest ISA picked at load time
 
 namespace sam3lt {
 namespace cpu {
 namespace {
 
 constexpr long long kVmlHighAccuracy = 0x2;
-#ifndef SAM3LT_SCORE_KIB
-#define SAM3LT_SCORE_KIB 512
-#endif
-constexpr int64_t kScoreBytes = SAM3LT_SCORE_KIB * 1024;  // one task's block of scores: L2-resident next to its K and V
+constexpr int64_t kScoreBytes = 512 * 1024;  // one task's block of scores: L2-resident next to its K and V
 
 bool attention_available() { return sgemm_ && vmsExp && MKL_Set_Num_Threads_Local; }
 

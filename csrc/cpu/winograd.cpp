@@ -16,13 +16,7 @@
 #include <algorithm>
 #include <vector>
 
-// The transforms vectorise over channels: one build for the CPUs torch runs on, the widest path picked at load
-// time (GCC function multi-versioning; the build's baseline -march has only SSE2).
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define SAM3LT_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SAM3LT_MULTIVERSION
-#endif
+#include "multiversion.h"  // the transforms vectorise over channels, widest ISA picked at load time
 
 namespace sam3lt {
 namespace cpu {

@@ -145,7 +145,7 @@ def window_attention_cpu(qkv, cos, sin, num_heads, window_size, pad_value=None):
 
 def _cpu_attend(q, k, v, cos, sin):
     # RoPE inside the kernel; its (N, T, heads, D) output seen as (N, heads, T, D)
-    return _cpu.attention(q, k, v, cos=cos.contiguous(), sin=sin.contiguous()).transpose(1, 2)
+    return _cpu.attention(q, k, v, cos=cos, sin=sin).transpose(1, 2)
 
 
 def _cpu_supports(qkv, cos, sin, num_heads, window_size, pad_value=None):
