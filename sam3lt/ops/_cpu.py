@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import _tuning
 from ._backend import set_missing_check
 
 EXT = None
@@ -142,7 +143,7 @@ def attention_evidence(op: str, keys: int):
         return None
     where = f"{low} to {high}" if high is not None else f"{low} or more"
     return (f"{keys} keys per query: the cpu attention kernel was measured faster than the reference at {where} "
-            "keys only", ("eager", "cuda", "triton", "cpu"))
+            "keys only", _tuning.VENDOR_FIRST)
 
 
 def _attention_available() -> bool:

@@ -181,7 +181,8 @@ def has_disk_choices(op: str, args, compiling: bool) -> bool:
 
 # ---------------------------------------------------------------- evidence, when nothing was measured
 
-# orders for CUDA inputs; "cpu" (CPU tensors only) comes last so that every order names every backend
+# orders for CUDA inputs (VENDOR_FIRST also for CPU inputs where CPU_EVIDENCE puts the reference first); "cpu"
+# (CPU tensors only) comes last so that every order names every backend
 VENDOR_FIRST = ("eager", "cuda", "triton", "cpu")
 CUSTOM_FIRST = ("cuda", "triton", "eager", "cpu")
 _COMPUTE = ("compute-bound: the vendor kernel (eager = torch's {what}) until a custom kernel is measured faster "
